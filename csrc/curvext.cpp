@@ -1,0 +1,30 @@
+// Schemas of every curvext op. Kernels live in cpu/<op>.cpp and cuda/<op>.cu; fake (meta)
+// implementations for torch.compile live in curvext/_ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(curvext, m) {
+  // Eigen-decomposition of B symmetric tridiagonal matrices.
+  // alpha (B, m) diagonals, beta (B, m-1) off-diagonals; mode 0: eigenvalues only,
+  // 1: also the first component of every unit eigenvector, 2: also all eigenvectors.
+  // Returns eigenvalues (B, m) ascending and vectors (B, 0) | (B, m) | (B, m, m) (columns).
+  m.def("tridiag_eigh(Tensor alpha, Tensor beta, int mode) -> (Tensor, Tensor)");
+
+  // One Lanczos step for the samples `index` (b,) of a batch, in place.
+  // basis (B, M+1, n) holds the Lanczos vectors q_0..q_j of each sample; w (b, n) = A q_j.
+  // Writes alpha[s, step], beta[s, step] and basis[s, step+1] after full reorthogonalisation
+  // (two classical Gram-Schmidt passes). Returns a per-sample flag (b,) int32:
+  // 0 ok, 1 breakdown (invariant subspace; beta = 0 and q_{step+1} is a fresh direction
+  // orthogonal to the basis), 2 breakdown with the whole space exhausted (q_{step+1} = 0).
+  m.def(
+      "lanczos_step(Tensor(a!) basis, Tensor w, Tensor(b!) alpha, Tensor(c!) beta, "
+      "Tensor index, int step, float breakdown_tol, int seed) -> Tensor");
+
+  // Ritz vectors: basis (B, M, n), coeffs (B, m, k) with m <= M -> (B, k, n),
+  // out[s, i] = sum_j coeffs[s, j, i] * basis[s, j].
+  m.def("ritz_vectors(Tensor basis, Tensor coeffs) -> Tensor");
+
+  // One power-iteration update. v (b, n) unit vectors, w (b, n) = A v, shift (b,).
+  // Returns (v_next = (w + shift v) / ||w + shift v||, theta = v.w, residual = ||w - theta v||,
+  // converged = residual <= tol |theta|).
+  m.def("power_step(Tensor v, Tensor w, Tensor shift, float tol) -> (Tensor, Tensor, Tensor, Tensor)");
+}

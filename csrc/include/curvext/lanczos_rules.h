@@ -1,0 +1,26 @@
+// Scalar decisions of a Lanczos step, shared by the CPU and CUDA kernels so both declare
+// breakdowns and exhausted spaces identically.
+#pragma once
+#include "curvext/macros.h"
+
+namespace curvext {
+namespace lanczos {
+
+enum Flag : int { kOk = 0, kBreakdown = 1, kExhausted = 2 };
+
+// beta_j is numerically zero (q_j's Krylov space is invariant) when the reorthogonalised
+// residual keeps at most `tol` of the norm of A q_j. An exactly zero A q_j is a breakdown too.
+template <typename T>
+CURVEXT_HD bool is_breakdown(double beta, double applied_norm, T tol) {
+  return !(beta > double(tol) * applied_norm) || !(beta > 0.0);
+}
+
+// A restart direction is usable when reorthogonalisation keeps more than sqrt(eps) of it;
+// otherwise the basis already spans the whole space.
+template <typename T>
+CURVEXT_HD bool restart_usable(double kept_norm, double drawn_norm) {
+  return kept_norm > sqrt(double(Limits<T>::eps())) * drawn_norm;
+}
+
+}  // namespace lanczos
+}  // namespace curvext

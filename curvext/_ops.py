@@ -1,0 +1,59 @@
+"""Loads the compiled extension and registers fake (meta) kernels for torch.compile.
+
+Everything here is a thin, unchecked handle on ``torch.ops.curvext.*``; the public, validated
+wrappers are in :mod:`curvext.linalg`. Shapes and conventions of each op are documented at its
+schema in ``csrc/curvext.cpp``.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from curvext import _C  # noqa: F401  (loading the library registers the ops)
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "curvext's compiled extension (curvext._C) is not built. From the source checkout run "
+        "`make build` (or `pip install --no-build-isolation -e .`; add CURVEXT_CUDA=0 for a quick "
+        f"CPU-only build). Original error: {exc}"
+    ) from exc
+
+ops = torch.ops.curvext
+
+TRIDIAG_VALUES, TRIDIAG_FIRST, TRIDIAG_VECTORS = 0, 1, 2
+
+
+def has_cuda_kernels() -> bool:
+    """True when this build of the extension contains the CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("curvext::tridiag_eigh", "CUDA")
+
+
+@torch.library.register_fake("curvext::tridiag_eigh")
+def _tridiag_eigh_fake(alpha, beta, mode):
+    B, m = alpha.shape
+    values = alpha.new_empty((B, m))
+    if mode == TRIDIAG_VALUES:
+        return values, alpha.new_empty((B, 0))
+    if mode == TRIDIAG_FIRST:
+        return values, alpha.new_empty((B, m))
+    return values, alpha.new_empty((B, m, m))
+
+
+@torch.library.register_fake("curvext::lanczos_step")
+def _lanczos_step_fake(basis, w, alpha, beta, index, step, breakdown_tol, seed):
+    return index.new_empty((index.shape[0],), dtype=torch.int32)
+
+
+@torch.library.register_fake("curvext::ritz_vectors")
+def _ritz_vectors_fake(basis, coeffs):
+    return basis.new_empty((basis.shape[0], coeffs.shape[2], basis.shape[2]))
+
+
+@torch.library.register_fake("curvext::power_step")
+def _power_step_fake(v, w, shift, tol):
+    b = v.shape[0]
+    return (
+        torch.empty_like(v),
+        v.new_empty((b,)),
+        v.new_empty((b,)),
+        v.new_empty((b,), dtype=torch.bool),
+    )

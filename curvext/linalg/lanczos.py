@@ -1,0 +1,2 @@
+def lanczos(*a, **k):
+    raise NotImplementedError

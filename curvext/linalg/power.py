@@ -1,0 +1,2 @@
+def power_iteration(*a, **k):
+    raise NotImplementedError
