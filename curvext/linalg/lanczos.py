@@ -1,2 +1,175 @@
-def lanczos(*a, **k):
-    raise NotImplementedError
+"""Batched Lanczos with full reorthogonalisation over a batched symmetric operator.
+
+Every sample of the batch is an independent problem with its own tridiagonal matrix, stopping
+point and convergence test; samples that have finished are no longer passed to the operator.
+The arithmetic of a step runs in the fused ``curvext::lanczos_step`` op (no host
+synchronisation inside it); between steps the driver synchronises once to drop finished
+samples.
+"""
+from __future__ import annotations
+
+import torch
+
+from curvext import _ops
+from curvext.linalg import _operator, _validate
+from curvext.linalg._selection import WHICH, select
+from curvext.linalg.result import EigResult
+
+_FLAG_BREAKDOWN, _FLAG_EXHAUSTED = 1, 2
+
+
+def default_max_steps(k: int, n: int) -> int:
+    """Steps allowed per sample when the caller sets none: ``min(n, max(3k + 20, 50))``."""
+    return min(n, max(3 * k + 20, 50))
+
+
+def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: str = "LA",
+            max_steps: int | None = None, tol: float = 1e-4, vectors: bool = True, seed: int = 0,
+            breakdown_tol: float | None = None, min_steps_after_restart: int | None = None) -> EigResult:
+    """k extremal eigenpairs of B symmetric operators by Lanczos.
+
+    Args:
+        op: ``op(V, index) -> (b, *shape)``: ``V (b, *shape)`` holds one vector for each sample
+            listed in ``index`` (int64, ``(b,)``, into the batch); returns ``A_s V[i]`` for each.
+            Must be symmetric. Finished samples are not passed again.
+        v0: ``(B, *shape)`` start vectors (any non-zero vectors; random ones are best).
+        k: eigenpairs wanted per sample, ``1 <= k <= n`` (n = prod(shape)).
+        which: "LA" largest algebraic, "SA" smallest algebraic, "BE" both ends (ceil(k/2) largest,
+            floor(k/2) smallest), "LM" largest magnitude.
+        max_steps: operator applications allowed per sample (default
+            :func:`default_max_steps`), at most n.
+        tol: a Ritz pair is converged when ``|beta_m s_{m,i}| <= tol * max|theta|``; a sample
+            stops when all its k wanted pairs are.
+        vectors: also assemble the Ritz vectors.
+        seed: seeds the fresh directions drawn after a breakdown (deterministic).
+        breakdown_tol: beta_j counts as zero when the reorthogonalised residual keeps at most
+            this fraction of ``||A q_j||`` (default ``100 * eps``).
+        min_steps_after_restart: after a breakdown (the Krylov space of the sample is invariant,
+            e.g. v0 inside an eigenspace) the sample continues from a fresh direction orthogonal
+            to its basis, and may not stop before this many further steps (default
+            ``max(2k, 10)``), so that the rest of the space is searched before trusting the answer.
+
+    Returns:
+        :class:`EigResult`: eigenvalues ``(B, k)`` ascending, eigenvectors ``(B, k, *shape)`` (or
+        None), residual estimates, converged flags, steps ``(B,)``. Where a sample's space was
+        exhausted with fewer than k eigenvalues, the missing ones are NaN.
+
+    Note:
+        A single start vector sees one copy of a repeated eigenvalue; the other copies appear
+        only through rounding. Use several start vectors (samples) to resolve multiplicities.
+    """
+    _validate.choice("which", which, WHICH)
+    flat0 = _operator.check_start("v0", v0)
+    B, n = flat0.shape
+    shape = v0.shape[1:]
+    if not isinstance(k, int) or k < 1 or k > n:
+        raise ValueError(f"k must be an int in [1, n = {n}] (n = elements per sample), got {k!r}")
+    steps_cap = default_max_steps(k, n) if max_steps is None else max_steps
+    if not isinstance(steps_cap, int) or steps_cap < 1:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    steps_cap = min(steps_cap, n)
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    eps = torch.finfo(v0.dtype).eps
+    bt = 100 * eps if breakdown_tol is None else float(breakdown_tol)
+    min_after = max(2 * k, 10) if min_steps_after_restart is None else int(min_steps_after_restart)
+
+    device, dtype = v0.device, v0.dtype
+    basis = torch.zeros(B, steps_cap + 1, n, device=device, dtype=dtype)
+    basis[:, 0] = flat0 / flat0.norm(dim=1, keepdim=True)
+    alpha = torch.zeros(B, steps_cap, device=device, dtype=dtype)
+    beta = torch.zeros(B, steps_cap, device=device, dtype=dtype)
+    steps = torch.zeros(B, dtype=torch.long)
+    block_start = torch.zeros(B, dtype=torch.long)  # first step of the current Krylov block
+    active = torch.arange(B, device=device)
+    active_host = torch.arange(B)
+
+    for j in range(steps_cap):
+        w = _operator.apply(op, basis[active, j], active, shape, check=(j == 0))
+        bad = _operator.nonfinite_rows(w)
+        flags = _ops.ops.lanczos_step(basis, w, alpha, beta, active, j, bt, seed)
+        steps[active_host] += 1
+        done = _converged_now(alpha, beta, active, j, k, which, tol)
+        restarted = flags == _FLAG_BREAKDOWN
+        exhausted = flags == _FLAG_EXHAUSTED
+        # One synchronisation per step: everything the driver needs on the host.
+        host = torch.stack([bad, restarted, exhausted, done]).cpu()
+        if bool(host[0].any()):
+            _operator.raise_nonfinite(active_host[host[0]].tolist())
+        # A fresh direction that breaks down at once is an eigenvector of A restricted to the
+        # complement of the basis, so A is a multiple of the identity there: nothing left to find.
+        immediate = host[1] & (block_start[active_host] == j) & (j > 0)
+        block_start[active_host[host[1]]] = j + 1
+        long_enough = (j + 1 - block_start[active_host]) >= min(min_after, n)
+        finished = host[2] | immediate | (host[3] & long_enough & ~host[1])
+        if bool(finished.any()):
+            keep = ~finished
+            active_host = active_host[keep]
+            active = active[keep.to(device)]
+        if active_host.numel() == 0:
+            break
+    return _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors)
+
+
+def _converged_now(alpha, beta, active, j, k, which, tol) -> torch.Tensor:
+    """``(b,)`` bool on device: all k wanted Ritz pairs of T_{j+1} meet the residual test."""
+    m = j + 1
+    if m < k:
+        return torch.zeros(active.shape[0], dtype=torch.bool, device=alpha.device)
+    a = alpha[active, :m]
+    b = beta[active, : m - 1]
+    # First components of the eigenvectors of the reversed matrix = last components here.
+    theta, last = _ops.ops.tridiag_eigh(a.flip(1).contiguous(), b.flip(1).contiguous(), _ops.TRIDIAG_FIRST)
+    sizes = torch.full((a.shape[0],), m, device=a.device, dtype=torch.long)
+    idx, _ = select(theta, sizes, k, which)
+    res = beta[active, j].abs().unsqueeze(1) * last.gather(1, idx).abs()
+    scale = theta.abs().amax(dim=1, keepdim=True)
+    return (res <= tol * scale).all(dim=1)
+
+
+def _padded_tridiagonal(alpha, beta, steps):
+    """T of every sample padded to the longest run with a decoupled diagonal above its spectrum.
+
+    The pad value exceeds the Gershgorin bound of the sample's own T, so the sample's real
+    eigenvalues are the first ``steps[s]`` of the ascending spectrum, with eigenvectors
+    supported on its first ``steps[s]`` coordinates.
+    """
+    m = int(steps.max())
+    dev = alpha.device
+    sizes = steps.to(dev)
+    cols = torch.arange(m, device=dev).view(1, m)
+    inside = cols < sizes.view(-1, 1)
+    a = alpha[:, :m]
+    b = beta[:, : max(m - 1, 0)]
+    b_inside = cols[:, : max(m - 1, 0)] < (sizes.view(-1, 1) - 1)
+    b = torch.where(b_inside, b, torch.zeros_like(b))
+    a_real = torch.where(inside, a, torch.zeros_like(a))
+    bound = a_real.abs().amax(dim=1) + 2 * (b.abs().amax(dim=1) if m > 1 else 0)
+    pad = (2 * bound + 1).view(-1, 1)
+    a = torch.where(inside, a, pad.expand_as(a))
+    return a.contiguous(), b.contiguous(), sizes
+
+
+def _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors) -> EigResult:
+    a, b, sizes = _padded_tridiagonal(alpha, beta, steps)
+    B, m = a.shape
+    theta, S = _ops.ops.tridiag_eigh(a, b, _ops.TRIDIAG_VECTORS)
+    idx, valid = select(theta, sizes, k, which)
+    values = theta.gather(1, idx)
+    last_row = (sizes - 1).view(B, 1, 1).expand(B, 1, m)
+    last = S.gather(1, last_row).squeeze(1)  # (B, m): last component of each eigenvector
+    beta_last = beta.gather(1, (sizes - 1).view(B, 1)).abs()
+    residuals = beta_last * last.gather(1, idx).abs()
+    cols = torch.arange(m, device=a.device).view(1, m)
+    scale = torch.where(cols < sizes.view(-1, 1), theta.abs(), torch.zeros_like(theta)).amax(dim=1, keepdim=True)
+    converged = (residuals <= tol * scale) & valid
+    nan = torch.full_like(values, float("nan"))
+    values = torch.where(valid, values, nan)
+    residuals = torch.where(valid, residuals, nan)
+    eigenvectors = None
+    if vectors:
+        coeffs = S.gather(2, idx.view(B, 1, k).expand(B, m, k))  # (B, m, k)
+        coeffs = coeffs * valid.view(B, 1, k).to(coeffs.dtype)
+        y = _ops.ops.ritz_vectors(basis, coeffs.contiguous())
+        eigenvectors = y.reshape((B, k) + tuple(shape))
+    return EigResult(values, eigenvectors, residuals, converged, steps.clone())
