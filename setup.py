@@ -14,10 +14,27 @@ import sys
 
 from setuptools import setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _guess_cuda_home() -> None:
+    """Point CUDA_HOME at a full toolkit when only a wrapper nvcc sits on PATH.
+
+    torch guesses CUDA_HOME from nvcc's folder; an nvcc in /usr/local/bin would make it
+    /usr/local, which has no lib64/libcudart.so. Must run before torch.utils.cpp_extension loads.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for candidate in ("/usr/local/cuda",):
+        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = candidate
+            return
+
+
+_guess_cuda_home()
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
 def _want_cuda() -> bool:

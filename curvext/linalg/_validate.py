@@ -38,4 +38,5 @@ def batch(name: str, t: torch.Tensor, min_dim: int = 2) -> None:
 
 def choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}")
+        options = ", ".join(sorted(repr(a) for a in allowed))
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")

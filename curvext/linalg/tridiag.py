@@ -23,7 +23,10 @@ def tridiag_eigh(alpha: torch.Tensor, beta: torch.Tensor, vectors: bool | str = 
         them out) or ``(B, m)`` first components.
 
     Accuracy: eigenvalues by bisection to ~2 eps ||T|| (absolute), vectors by inverse
-    iteration with Gram-Schmidt inside clusters closer than 1e-3 ||T||.
+    iteration with Gram-Schmidt inside clusters closer than 1e-3 ||T||. With vectors requested,
+    float32 matrices are solved in float64 internally (then rounded), because Gram-Schmidt in
+    large clusters of close eigenvalues loses accuracy in float32; eigenvalues-only runs stay
+    in float32, so the two modes may differ by the float32 error bound.
     """
     _validate.floating("alpha", alpha)
     _validate.floating("beta", beta)
