@@ -1,6 +1,8 @@
 // CPU kernel of curvext::tridiag_eigh: one task per matrix (at::parallel_for over the batch).
-// Bisection runs kLanes eigenvalues of a matrix in lockstep so the Sturm recurrence vectorises;
-// the math itself is curvext/tridiag.h, shared with the CUDA kernel.
+// Bisection runs kLanes eigenvalues of a matrix in lockstep so the Sturm recurrence vectorises
+// (compiled for AVX-512, AVX2 and baseline x86-64, picked at run time); the math itself is
+// curvext/tridiag.h, shared with the CUDA kernel. Vectors are computed in float64 for every
+// input dtype (Gram-Schmidt inside large clusters of close eigenvalues loses ~1/gap digits).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -10,30 +12,107 @@
 #include "curvext/checks.h"
 #include "curvext/tridiag.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CURVEXT_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CURVEXT_SIMD_CLONES
+#endif
+
 namespace curvext {
 namespace {
 
-constexpr int kLanes = 16;
+// Lanes: eigenvalues bisected in lockstep. 64 gives several independent division chains per
+// Sturm step (the recurrence is latency bound otherwise); small matrices use 16.
+template <typename T, int L>
+CURVEXT_HD_HOT void eigenvalues_lanes(const T* a, const T* b2, int n, const tridiag::Bounds<T>& bd,
+                                      T* w, T* lo, int* counts) {
+  int grid = 1;
+  while (grid < n && grid < 256) grid *= 2;
+  const T width = tridiag::grid_brackets<T, L>(a, b2, n, bd, grid, lo, counts);
+  const int steps = tridiag::bisection_steps(bd, width);
+  for (int k0 = 0; k0 < n; k0 += L) tridiag::bisect_bracketed<T, L>(a, b2, n, bd.pivmin, lo, width, steps, k0, w);
+}
+
+template <typename T>
+CURVEXT_HD_HOT void eigenvalues_impl(const T* a, const T* b, int n, T* w, T* b2, T* lo, int* counts) {
+  for (int i = 0; i + 1 < n; ++i) b2[i] = b[i] * b[i];
+  const tridiag::Bounds<T> bd = tridiag::bounds(a, b, n);
+  if (n >= 48) {
+    eigenvalues_lanes<T, 64>(a, b2, n, bd, w, lo, counts);
+  } else {
+    eigenvalues_lanes<T, 16>(a, b2, n, bd, w, lo, counts);
+  }
+}
+
+CURVEXT_SIMD_CLONES void eigenvalues(const float* a, const float* b, int n, float* w, float* b2,
+                                     float* lo, int* counts) {
+  eigenvalues_impl(a, b, n, w, b2, lo, counts);
+}
+
+CURVEXT_SIMD_CLONES void eigenvalues(const double* a, const double* b, int n, double* w, double* b2,
+                                     double* lo, int* counts) {
+  eigenvalues_impl(a, b, n, w, b2, lo, counts);
+}
+
+constexpr int kVectorLanes = 8;
+
+CURVEXT_SIMD_CLONES void isolated_vectors(const double* a, const double* b, int n, const double* w,
+                                          const tridiag::Bounds<double>& bd, const int* ks, int count,
+                                          const double* start, double* vecs, double* work) {
+  tridiag::inverse_iteration_isolated<double, kVectorLanes>(a, b, n, w, bd, ks, count, start, vecs, work);
+}
+
+// Per-thread scratch, sized once per task.
+struct Scratch {
+  explicit Scratch(int n, bool with_vectors)
+      : counts(257), a64(with_vectors ? n : 0), b64(with_vectors ? n : 0),
+        w64(with_vectors ? n : 0), vecs(with_vectors ? (size_t)n * n : 0),
+        work(with_vectors ? 6 * (size_t)n * kVectorLanes : 0), piv(with_vectors ? n : 0), isolated(with_vectors ? n : 0),
+        start(with_vectors ? n : 0) {
+    if (with_vectors) tridiag::start_vector(n, start.data());
+  }
+  std::vector<int> counts;
+  std::vector<double> a64, b64, w64, vecs, work;
+  std::vector<unsigned char> piv;
+  std::vector<int> isolated;
+  std::vector<double> start;
+};
 
 template <typename T>
 void solve_one(const T* a, const T* b, int n, int mode, T* w, T* vec_out, std::vector<T>& b2,
-               std::vector<T>& vecs, std::vector<T>& work, std::vector<unsigned char>& piv) {
-  for (int i = 0; i + 1 < n; ++i) b2[i] = b[i] * b[i];
-  const tridiag::Bounds<T> bd = tridiag::bounds(a, b, n);
-  const int steps = tridiag::bisection_steps(bd);
-  for (int k0 = 0; k0 < n; k0 += kLanes) tridiag::bisect<T, kLanes>(a, b2.data(), n, bd, steps, k0, w);
+               std::vector<T>& lo, Scratch& s) {
+  eigenvalues(a, b, n, w, b2.data(), lo.data(), s.counts.data());
   if (mode == 0) return;
-  const T ortol = tridiag::cluster_tolerance(bd);
+  for (int i = 0; i < n; ++i) {
+    s.a64[i] = double(a[i]);
+    s.w64[i] = double(w[i]);
+    if (i + 1 < n) s.b64[i] = double(b[i]);
+  }
+  const tridiag::Bounds<double> bd = tridiag::bounds(s.a64.data(), s.b64.data(), n);
+  const double ortol = tridiag::cluster_tolerance(bd);
+  int isolated = 0;
   for (int k = 0; k < n;) {
-    const int e = tridiag::cluster_end(w, n, k, ortol);
-    tridiag::inverse_iteration_cluster(a, b, n, w, bd, k, e, vecs.data(), work.data(), piv.data());
+    const int e = tridiag::cluster_end(s.w64.data(), n, k, ortol);
+    if (e == k + 1) {
+      s.isolated[isolated++] = k;
+    } else {
+      tridiag::inverse_iteration_cluster(s.a64.data(), s.b64.data(), n, s.w64.data(), bd, k, e,
+                                         s.start.data(), s.vecs.data(), s.work.data(), s.piv.data());
+    }
     k = e;
   }
+  for (int i0 = 0; i0 < isolated; i0 += kVectorLanes) {
+    isolated_vectors(s.a64.data(), s.b64.data(), n, s.w64.data(), bd, s.isolated.data() + i0,
+                     std::min(kVectorLanes, isolated - i0), s.start.data(), s.vecs.data(),
+                     s.work.data());
+  }
+  const double* vecs = s.vecs.data();
   if (mode == 1) {
-    for (int k = 0; k < n; ++k) vec_out[k] = vecs[(size_t)k * n];
+    for (int k = 0; k < n; ++k) vec_out[k] = T(vecs[(size_t)k * n]);
   } else {  // columns: vec_out[i * n + k] = component i of eigenvector k
     for (int k = 0; k < n; ++k)
-      for (int i = 0; i < n; ++i) vec_out[(size_t)i * n + k] = vecs[(size_t)k * n + i];
+      for (int i = 0; i < n; ++i) vec_out[(size_t)i * n + k] = T(vecs[(size_t)k * n + i]);
   }
 }
 
@@ -41,12 +120,6 @@ std::tuple<at::Tensor, at::Tensor> tridiag_eigh_cpu(const at::Tensor& alpha_in,
                                                    const at::Tensor& beta_in, int64_t mode) {
   checks::tridiag_eigh(alpha_in, beta_in, mode);
   TORCH_CHECK(alpha_in.device().is_cpu(), "tridiag_eigh: CPU kernel got ", alpha_in.device());
-  if (alpha_in.scalar_type() == at::kFloat && mode != 0) {
-    // Vectors of float32 matrices are computed in float64: Gram-Schmidt inside large clusters
-    // (e.g. the many near-zero Ritz values of a curvature operator) loses ~1/gap digits.
-    auto [values, vectors] = tridiag_eigh_cpu(alpha_in.to(at::kDouble), beta_in.to(at::kDouble), mode);
-    return {values.to(at::kFloat), vectors.to(at::kFloat)};
-  }
   const at::Tensor alpha = alpha_in.contiguous();
   const at::Tensor beta = beta_in.contiguous();
   const int64_t B = alpha.size(0);
@@ -61,15 +134,13 @@ std::tuple<at::Tensor, at::Tensor> tridiag_eigh_cpu(const at::Tensor& alpha_in,
     const scalar_t* b = beta.data_ptr<scalar_t>();
     scalar_t* w = values.data_ptr<scalar_t>();
     scalar_t* z = mode == 0 ? nullptr : vectors.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 4096 / ((int64_t)n * n + 1));
+    const int64_t grain = std::max<int64_t>(1, 2048 / ((int64_t)n * n + 1));
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> b2(std::max(n - 1, 1));
-      std::vector<scalar_t> vecs(mode == 0 ? 0 : (size_t)n * n);
-      std::vector<scalar_t> work(mode == 0 ? 0 : 4 * (size_t)n);
-      std::vector<unsigned char> piv(mode == 0 ? 0 : (size_t)n);
+      Scratch scratch(n, mode != 0);
+      std::vector<scalar_t> b2(std::max(n, 1)), lo(std::max(n, 1));
       for (int64_t s = begin; s < end; ++s) {
         solve_one<scalar_t>(a + s * n, b + s * (n - 1), n, (int)mode, w + s * n,
-                            z == nullptr ? nullptr : z + s * vec_stride, b2, vecs, work, piv);
+                            z == nullptr ? nullptr : z + s * vec_stride, b2, lo, scratch);
       }
     });
   });

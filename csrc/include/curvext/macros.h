@@ -5,8 +5,22 @@
 
 #if defined(__CUDACC__)
 #define CURVEXT_HD __host__ __device__ inline
+#define CURVEXT_HD_HOT __host__ __device__ inline
+#elif defined(__GNUC__)
+#define CURVEXT_HD inline
+// Inner loops: always inlined, so that the CPU kernel's per-ISA clones (target_clones) compile
+// them with that ISA's vector width.
+#define CURVEXT_HD_HOT inline __attribute__((always_inline))
 #else
 #define CURVEXT_HD inline
+#define CURVEXT_HD_HOT inline
+#endif
+
+// Marks a loop over lanes as free of dependences (vectorised by the CPU build).
+#if defined(__GNUC__) && !defined(__CUDA_ARCH__)
+#define CURVEXT_SIMD _Pragma("omp simd")
+#else
+#define CURVEXT_SIMD
 #endif
 
 namespace curvext {

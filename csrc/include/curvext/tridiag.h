@@ -28,7 +28,7 @@ struct Bounds {
 };
 
 template <typename T>
-CURVEXT_HD Bounds<T> bounds(const T* a, const T* b, int n) {
+CURVEXT_HD_HOT Bounds<T> bounds(const T* a, const T* b, int n) {
   T lo = a[0], hi = a[0], norm = T(0), bmax2 = T(0);
   for (int i = 0; i < n; ++i) {
     T left = i > 0 ? abs_(b[i - 1]) : T(0);
@@ -48,10 +48,9 @@ CURVEXT_HD Bounds<T> bounds(const T* a, const T* b, int n) {
   return out;
 }
 
-// Number of bisection halvings that take [lower, upper] down to ~2 eps ||T||.
+// Number of bisection halvings that take an interval of `width` down to ~2 eps ||T||.
 template <typename T>
-CURVEXT_HD int bisection_steps(const Bounds<T>& bd) {
-  T width = bd.upper - bd.lower;
+CURVEXT_HD_HOT int bisection_steps(const Bounds<T>& bd, T width) {
   T target = T(2) * Limits<T>::eps() * max_(bd.norm, Limits<T>::safe_min()) + bd.pivmin;
   int steps = 0;
   while (width > target && steps < 200) {
@@ -61,10 +60,15 @@ CURVEXT_HD int bisection_steps(const Bounds<T>& bd) {
   return steps + 1;
 }
 
+template <typename T>
+CURVEXT_HD int bisection_steps(const Bounds<T>& bd) {
+  return bisection_steps(bd, bd.upper - bd.lower);
+}
+
 // Sturm counts for L shifts at once: cnt[l] = number of eigenvalues < x[l].
 // The loop over l has no dependences, so the CPU build vectorises it; CUDA uses L = 1.
 template <typename T, int L>
-CURVEXT_HD void sturm_counts(const T* a, const T* b2, int n, const T* x, T pivmin, int* cnt) {
+CURVEXT_HD_HOT void sturm_counts(const T* a, const T* b2, int n, const T* x, T pivmin, int* cnt) {
   T q[L];
   int c[L];
   for (int l = 0; l < L; ++l) {
@@ -107,8 +111,54 @@ CURVEXT_HD void bisect(const T* a, const T* b2, int n, const Bounds<T>& bd, int 
   for (int l = 0; l < L && k0 + l < n; ++l) out[k0 + l] = T(0.5) * (lo[l] + hi[l]);
 }
 
+// Brackets of width (upper - lower) / G for every eigenvalue from Sturm counts on a uniform grid
+// of G = grid_points intervals: lo[k] <= eigenvalue k < lo[k] + width. Spends G/L Sturm sweeps
+// to save log2(G) bisection steps for each eigenvalue. counts: G+1 ints of scratch.
+template <typename T, int L>
+CURVEXT_HD_HOT T grid_brackets(const T* a, const T* b2, int n, const Bounds<T>& bd, int grid_points,
+                           T* lo, int* counts) {
+  const T width = (bd.upper - bd.lower) / T(grid_points);
+  counts[0] = 0;
+  counts[grid_points] = n;
+  T x[L];
+  int c[L];
+  for (int g0 = 1; g0 < grid_points; g0 += L) {
+    for (int l = 0; l < L; ++l) x[l] = bd.lower + T(min_(g0 + l, grid_points - 1)) * width;
+    sturm_counts<T, L>(a, b2, n, x, bd.pivmin, c);
+    for (int l = 0; l < L && g0 + l < grid_points; ++l) counts[g0 + l] = c[l];
+  }
+  int g = 0;
+  for (int k = 0; k < n; ++k) {
+    while (counts[g + 1] <= k) ++g;  // counts[g] <= k < counts[g + 1]
+    lo[k] = bd.lower + T(g) * width;
+  }
+  return width;
+}
+
+// Bisection from per-eigenvalue brackets [lo[k], lo[k] + width) of equal width.
+template <typename T, int L>
+CURVEXT_HD_HOT void bisect_bracketed(const T* a, const T* b2, int n, T pivmin, const T* lo_in, T width,
+                                 int steps, int k0, T* out) {
+  T lo[L], hi[L], mid[L];
+  int cnt[L];
+  for (int l = 0; l < L; ++l) {
+    lo[l] = lo_in[min_(k0 + l, n - 1)];
+    hi[l] = lo[l] + width;
+  }
+  for (int s = 0; s < steps; ++s) {
+    for (int l = 0; l < L; ++l) mid[l] = T(0.5) * (lo[l] + hi[l]);
+    sturm_counts<T, L>(a, b2, n, mid, pivmin, cnt);
+    for (int l = 0; l < L; ++l) {
+      bool above = cnt[l] > k0 + l;
+      hi[l] = above ? mid[l] : hi[l];
+      lo[l] = above ? lo[l] : mid[l];
+    }
+  }
+  for (int l = 0; l < L && k0 + l < n; ++l) out[k0 + l] = T(0.5) * (lo[l] + hi[l]);
+}
+
 // LU factorisation with partial pivoting of T - lambda I (LAPACK gttrf layout):
-// d = U diagonal, du = first superdiagonal, du2 = second superdiagonal, dl = multipliers,
+// d = reciprocals of the U diagonal, du = first superdiagonal, du2 = second superdiagonal, dl = multipliers,
 // piv[i] = 1 where rows i and i+1 were swapped. Pivots smaller than `tiny` are replaced by
 // +-tiny, the usual perturbation that keeps inverse iteration finite at an exact eigenvalue.
 template <typename T>
@@ -142,9 +192,10 @@ CURVEXT_HD void shifted_lu(const T* a, const T* b, int n, T lambda, T tiny, T* d
     }
   }
   if (abs_(d[n - 1]) < tiny) d[n - 1] = d[n - 1] < T(0) ? -tiny : tiny;
+  for (int i = 0; i < n; ++i) d[i] = T(1) / d[i];  // solves multiply: no division chain
 }
 
-// Solve (T - lambda I) x = x in place with the factors of shifted_lu.
+// Solve (T - lambda I) x = x in place with the factors of shifted_lu (d holds 1 / pivots).
 template <typename T>
 CURVEXT_HD void lu_solve(int n, const T* d, const T* du, const T* du2, const T* dl,
                          const unsigned char* piv, T* x) {
@@ -157,9 +208,9 @@ CURVEXT_HD void lu_solve(int n, const T* d, const T* du, const T* du2, const T* 
       x[i + 1] = temp - dl[i] * x[i];
     }
   }
-  x[n - 1] /= d[n - 1];
-  if (n > 1) x[n - 2] = (x[n - 2] - du[n - 2] * x[n - 1]) / d[n - 2];
-  for (int i = n - 3; i >= 0; --i) x[i] = (x[i] - du[i] * x[i + 1] - du2[i] * x[i + 2]) / d[i];
+  x[n - 1] *= d[n - 1];
+  if (n > 1) x[n - 2] = (x[n - 2] - du[n - 2] * x[n - 1]) * d[n - 2];
+  for (int i = n - 3; i >= 0; --i) x[i] = (x[i] - du[i] * x[i + 1] - du2[i] * x[i + 2]) * d[i];
 }
 
 template <typename T>
@@ -191,6 +242,12 @@ CURVEXT_HD void orthogonalize(T* x, const T* vecs, int count, int n) {
   }
 }
 
+// The pseudo-random start vector of inverse iteration (n scalars).
+template <typename T>
+CURVEXT_HD void start_vector(int n, T* out) {
+  for (int i = 0; i < n; ++i) out[i] = hash_uniform<T>(0x5EEDULL, 0, (uint64_t)i);
+}
+
 // Relative gap below which neighbouring eigenvalues are treated as one cluster (LAPACK stein).
 template <typename T>
 CURVEXT_HD T cluster_tolerance(const Bounds<T>& bd) {
@@ -208,11 +265,11 @@ CURVEXT_HD int cluster_end(const T* w, int n, int k, T ortol) {
 // Eigenvectors k_begin .. k_end-1 of one cluster by inverse iteration, written as unit rows
 // vecs[k*n .. k*n+n). Members are orthogonalised against the earlier members of the cluster
 // after every solve. Signs: the entry of largest magnitude is positive.
-// work: 4n scalars; piv: n-1 bytes.
+// start: n scalars (start_vector); work: 4n scalars; piv: n-1 bytes.
 template <typename T>
 CURVEXT_HD void inverse_iteration_cluster(const T* a, const T* b, int n, const T* w,
-                                          const Bounds<T>& bd, int k_begin, int k_end, T* vecs,
-                                          T* work, unsigned char* piv) {
+                                          const Bounds<T>& bd, int k_begin, int k_end,
+                                          const T* start, T* vecs, T* work, unsigned char* piv) {
   const T eps = Limits<T>::eps();
   const T norm = max_(bd.norm, Limits<T>::safe_min() / eps);
   const T tiny = eps * norm;
@@ -233,10 +290,15 @@ CURVEXT_HD void inverse_iteration_cluster(const T* a, const T* b, int n, const T
     if (k > k_begin && shift - shift_prev < pertol) shift = shift_prev + pertol;
     shift_prev = shift;
     shifted_lu(a, b, n, shift, tiny, d, du, du2, dl, piv);
-    for (int i = 0; i < n; ++i) x[i] = hash_uniform<T>(0x5EEDULL, (uint64_t)k, (uint64_t)i);
+    // Start: the shared pseudo-random vector, rotated differently for every member.
+    const int rot = (7 * (k - k_begin)) % n;
+    for (int i = 0; i < n; ++i) x[i] = start[(i + rot) % n];
     const int members_before = k - k_begin;
     const T* earlier = vecs + (long long)k_begin * n;
-    for (int it = 0; it < 3; ++it) {
+    // Isolated eigenvalues: two solves shrink other components by (error / gap)^2 <= 1e-8
+    // even for float32-accurate shifts; cluster members get a third, orthogonalised one.
+    const int iterations = k_end - k_begin > 1 ? 3 : 2;
+    for (int it = 0; it < iterations; ++it) {
       T m = max_abs(x, n);
       if (!(m > T(0))) {  // restart from a fresh direction if orthogonalisation wiped x out
         for (int i = 0; i < n; ++i) x[i] = hash_uniform<T>(0xBADULL + it, (uint64_t)k, (uint64_t)i);
@@ -261,6 +323,141 @@ CURVEXT_HD void inverse_iteration_cluster(const T* a, const T* b, int n, const T
     }
     nrm = sqrt_(nrm);
     scale(x, n, (x[imax] < T(0) ? T(-1) : T(1)) / nrm);
+  }
+}
+
+// Eigenvectors of L isolated eigenvalues w[ks[0..count)] at once (count <= L), the lanes of
+// every loop running in lockstep so the CPU build vectorises them; same algorithm as
+// inverse_iteration_cluster without Gram-Schmidt (two solves), all lanes starting from the
+// same pseudo-random vector `start` (n scalars, see start_vector). Unit rows vecs[k*n .. k*n+n).
+// work: 6 n L scalars (layout [i][lane]).
+template <typename T, int L>
+CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, const T* w,
+                                               const Bounds<T>& bd, const int* ks, int count,
+                                               const T* start, T* vecs, T* work) {
+  const T eps = Limits<T>::eps();
+  const T norm = max_(bd.norm, Limits<T>::safe_min() / eps);
+  const T tiny = eps * norm;
+  T* d = work;
+  T* du = work + n * L;
+  T* du2 = work + 2 * n * L;
+  T* dl = work + 3 * n * L;
+  T* x = work + 4 * n * L;
+  T* swapped = work + 5 * n * L;  // 1 where rows i, i+1 were exchanged, else 0
+  T shift[L];
+  for (int l = 0; l < L; ++l) shift[l] = w[ks[min_(l, count - 1)]];
+  if (n == 1) {
+    for (int l = 0; l < count; ++l) vecs[(long long)ks[l] * n] = T(1);
+    return;
+  }
+  // Factorisation, gttrf with per-lane pivoting expressed as selects.
+  CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+    d[l] = a[0] - shift[l];
+    du[l] = b[0];
+  }
+  for (int i = 0; i + 1 < n; ++i) {
+    const T bi = b[i], bn = i + 2 < n ? b[i + 1] : T(0), an = a[i + 1];
+    T* d0 = d + i * L;
+    T* d1 = d0 + L;
+    T* du0 = du + i * L;
+    T* du1 = du0 + L;
+    T* du20 = du2 + i * L;
+    T* dl0 = dl + i * L;
+    T* sw0 = swapped + i * L;
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+      const T di = d0[l], dui = du0[l];
+      const T dnext = an - shift[l];
+      const bool swap = abs_(di) < abs_(bi);
+      const T piv_no = abs_(di) < tiny ? (di < T(0) ? -tiny : tiny) : di;
+      const T fact = swap ? di / bi : bi / piv_no;
+      d0[l] = swap ? bi : piv_no;
+      dl0[l] = fact;
+      du0[l] = swap ? dnext : dui;
+      d1[l] = swap ? dui - fact * dnext : dnext - fact * dui;
+      du20[l] = swap ? bn : T(0);
+      du1[l] = swap ? -fact * bn : bn;  // row n-1's du is never read
+      sw0[l] = swap ? T(1) : T(0);
+    }
+  }
+  {
+    T* dn = d + (n - 1) * L;
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) dn[l] = abs_(dn[l]) < tiny ? (dn[l] < T(0) ? -tiny : tiny) : dn[l];
+  }
+  CURVEXT_SIMD for (int i = 0; i < n * L; ++i) d[i] = T(1) / d[i];
+  for (int i = 0; i < n; ++i) {
+    const T r = start[i];
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) x[i * L + l] = r;
+  }
+  T m[L];
+  for (int it = 0; it < 2; ++it) {
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = T(0);
+    for (int i = 0; i < n; ++i) {
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = max_(m[l], abs_(x[i * L + l]));
+    }
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = tiny / m[l];
+    for (int i = 0; i < n; ++i) {
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) x[i * L + l] *= m[l];
+    }
+    for (int i = 0; i + 1 < n; ++i) {
+      T* x0 = x + i * L;
+      T* x1 = x0 + L;
+      const T* f = dl + i * L;
+      const T* sw = swapped + i * L;
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+        const T xi = x0[l], xn = x1[l];
+        const bool swap = sw[l] != T(0);
+        x0[l] = swap ? xn : xi;
+        x1[l] = swap ? xi - f[l] * xn : xn - f[l] * xi;
+      }
+    }
+    {
+      T* xl = x + (n - 1) * L;
+      T* xp = x + (n - 2) * L;
+      const T* dlast = d + (n - 1) * L;
+      const T* dprev = d + (n - 2) * L;
+      const T* duprev = du + (n - 2) * L;
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+        xl[l] *= dlast[l];
+        xp[l] = (xp[l] - duprev[l] * xl[l]) * dprev[l];
+      }
+    }
+    for (int i = n - 3; i >= 0; --i) {
+      T* x0 = x + i * L;
+      const T* x1 = x0 + L;
+      const T* x2 = x1 + L;
+      const T* u1 = du + i * L;
+      const T* u2 = du2 + i * L;
+      const T* di = d + i * L;
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) x0[l] = (x0[l] - u1[l] * x1[l] - u2[l] * x2[l]) * di[l];
+    }
+  }
+  // Normalise; the largest-magnitude entry positive.
+  T big[L], sq[L], sgn[L];
+  CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+    big[l] = T(0);
+    sgn[l] = T(1);
+    sq[l] = T(0);
+  }
+  for (int i = 0; i < n; ++i) {
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+      const T v = x[i * L + l];
+      const bool gt = abs_(v) > big[l];
+      big[l] = gt ? abs_(v) : big[l];
+      sgn[l] = gt ? (v < T(0) ? T(-1) : T(1)) : sgn[l];
+    }
+  }
+  CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = T(1) / big[l];
+  for (int i = 0; i < n; ++i) {
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+      const T v = x[i * L + l] * m[l];
+      x[i * L + l] = v;
+      sq[l] += v * v;
+    }
+  }
+  for (int l = 0; l < count; ++l) {
+    const T scale_l = sgn[l] / sqrt_(sq[l]);
+    T* out = vecs + (long long)ks[l] * n;
+    for (int i = 0; i < n; ++i) out[i] = x[i * L + l] * scale_l;
   }
 }
 
