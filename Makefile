@@ -6,27 +6,34 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: venv build build-cpu test test-fast demo bench gpu-check clean
+.PHONY: venv build build-cpu test demo bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q numpy scipy pandas pyarrow matplotlib tqdm scikit-learn ninja pybind11 \
 	    pytest pytest-benchmark foolbox torchattacks linear-operator
 
 venv: $(BIN)/python
 
-# Full build (CUDA kernels too when nvcc and a CUDA torch are present).
-build: venv
-	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+CSRC := $(shell find csrc -type f) setup.py pyproject.toml
+STAMP := $(VENV)/.curvext-build
 
-# Quick CPU-only build for iteration.
+# Full build (CUDA kernels too when nvcc and a CUDA torch are present); redone when csrc changes.
+$(STAMP): $(CSRC) | $(BIN)/python
+	$(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(STAMP)
+
+# Quick CPU-only build for iteration (the next `make build` rebuilds with CUDA).
 build-cpu: venv
 	CURVEXT_CUDA=0 $(BIN)/pip install -q --no-build-isolation --no-deps -e .
+	rm -f $(STAMP)
 
 test: build
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests
 
 demo: build
 	$(BIN)/curvext demo

@@ -15,8 +15,8 @@ namespace {
 
 // Q: the sample's (M+1, n) basis; w: A q_j; al/be: the sample's alpha/beta rows.
 template <typename T>
-int step_one(T* Q, const T* w, T* al, T* be, int64_t j, int64_t n, T tol, uint64_t seed,
-             int64_t sample, std::vector<double>& h) {
+CURVEXT_INLINE int step_one(T* Q, const T* w, T* al, T* be, int64_t j, int64_t n, T tol,
+                            uint64_t seed, int64_t sample, double* h) {
   const T* q = Q + j * n;
   T* r = Q + (j + 1) * n;
   for (int64_t i = 0; i < n; ++i) r[i] = w[i];
@@ -25,7 +25,7 @@ int step_one(T* Q, const T* w, T* al, T* be, int64_t j, int64_t n, T tol, uint64
   cpu::axpy(T(-alpha), q, r, n);
   if (j > 0) cpu::axpy(T(-be[j - 1]), Q + (j - 1) * n, r, n);
   for (int pass = 0; pass < 2; ++pass) {  // full reorthogonalisation, twice is enough
-    cpu::cgs_pass(Q, j + 1, n, r, h.data());
+    cpu::cgs_pass(Q, j + 1, n, r, h);
     alpha += h[j];
   }
   double beta = cpu::norm2(r, n);
@@ -38,7 +38,7 @@ int step_one(T* Q, const T* w, T* al, T* be, int64_t j, int64_t n, T tol, uint64
   be[j] = T(0);
   for (int64_t i = 0; i < n; ++i) r[i] = hash_uniform<T>(seed, (uint64_t)(sample * 1000003 + j), (uint64_t)i);
   const double drawn = cpu::norm2(r, n);
-  for (int pass = 0; pass < 2; ++pass) cpu::cgs_pass(Q, j + 1, n, r, h.data());
+  for (int pass = 0; pass < 2; ++pass) cpu::cgs_pass(Q, j + 1, n, r, h);
   const double kept = cpu::norm2(r, n);
   if (lanczos::restart_usable<T>(kept, drawn)) {
     cpu::scal(T(1.0 / kept), r, n);
@@ -46,6 +46,26 @@ int step_one(T* Q, const T* w, T* al, T* be, int64_t j, int64_t n, T tol, uint64
   }
   for (int64_t i = 0; i < n; ++i) r[i] = T(0);
   return lanczos::kExhausted;
+}
+
+CURVEXT_SIMD_CLONES int step_float(float* Q, const float* w, float* al, float* be, int64_t j,
+                                    int64_t n, float tol, uint64_t seed, int64_t sample, double* h) {
+  return step_one<float>(Q, w, al, be, j, n, tol, seed, sample, h);
+}
+
+CURVEXT_SIMD_CLONES int step_double(double* Q, const double* w, double* al, double* be, int64_t j,
+                                     int64_t n, double tol, uint64_t seed, int64_t sample, double* h) {
+  return step_one<double>(Q, w, al, be, j, n, tol, seed, sample, h);
+}
+
+inline int step(float* Q, const float* w, float* al, float* be, int64_t j, int64_t n, float tol,
+                uint64_t seed, int64_t sample, double* h) {
+  return step_float(Q, w, al, be, j, n, tol, seed, sample, h);
+}
+
+inline int step(double* Q, const double* w, double* al, double* be, int64_t j, int64_t n,
+                double tol, uint64_t seed, int64_t sample, double* h) {
+  return step_double(Q, w, al, be, j, n, tol, seed, sample, h);
 }
 
 at::Tensor lanczos_step_cpu(at::Tensor& basis, const at::Tensor& w_in, at::Tensor& alpha,
@@ -71,8 +91,8 @@ at::Tensor lanczos_step_cpu(at::Tensor& basis, const at::Tensor& w_in, at::Tenso
       std::vector<double> h(step + 1);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t s = ix[i];
-        fl[i] = step_one<scalar_t>(Q + s * R * n, W + i * n, al + s * ldab, be + s * ldab, step, n,
-                                   scalar_t(breakdown_tol), (uint64_t)seed, s, h);
+        fl[i] = curvext::step(Q + s * R * n, W + i * n, al + s * ldab, be + s * ldab, step, n,
+                              scalar_t(breakdown_tol), (uint64_t)seed, s, h.data());
       }
     });
   });

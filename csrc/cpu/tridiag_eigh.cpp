@@ -9,15 +9,10 @@
 
 #include <vector>
 
+#include "blas1.h"
 #include "curvext/checks.h"
 #include "curvext/tridiag.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CURVEXT_SIMD_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CURVEXT_SIMD_CLONES
-#endif
 
 namespace curvext {
 namespace {
