@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One command for a lent GPU machine: build curvext with its CUDA kernels, run the CUDA tests
+# (every CPU-vs-CUDA comparison and the device-parametrised tests) and the compiled-core
+# benchmarks on the GPU, and print a short table. Results land in $OUT (the device tool's
+# output folder) or benchmarks/results/.
+#
+#   bash benchmarks/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 here
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+RESULTS=${OUT:-benchmarks/results}
+mkdir -p "$RESULTS"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PYTHONUNBUFFERED=1
+stamp=$(date -u +%Y%m%d-%H%M)
+
+echo "== build (CUDA, archs $TORCH_CUDA_ARCH_LIST)"
+t0=$(date +%s)
+if ! CURVEXT_CUDA=1 $PY setup.py -q build_ext --inplace > "$RESULTS/gpu_build.log" 2>&1; then
+  tail -40 "$RESULTS/gpu_build.log"
+  echo "BUILD FAILED"
+  exit 1
+fi
+build_s=$(( $(date +%s) - t0 ))
+$PY - <<'PY'
+import torch, curvext._ops as o
+assert torch.cuda.is_available(), "no CUDA device visible"
+assert o.has_cuda_kernels(), "extension built without CUDA kernels"
+print("device:", torch.cuda.get_device_name(), "| torch", torch.__version__)
+PY
+
+echo "== CUDA tests"
+$PY -m pytest -q -p no:cacheprovider tests -k cuda 2>&1 | tee "$RESULTS/gpu_tests.log" | tail -25
+tests_rc=${PIPESTATUS[0]}
+summary=$(tail -1 "$RESULTS/gpu_tests.log")
+
+echo "== kernel benchmarks on the GPU"
+$PY benchmarks/compare_core.py --device cuda --out "$RESULTS/gpu_core_$stamp.md" > "$RESULTS/gpu_bench.log" 2>&1
+bench_rc=$?
+
+echo
+echo "| check | result |"
+echo "|---|---|"
+echo "| build (s) | $build_s |"
+echo "| CUDA tests | $summary |"
+echo "| benchmarks | $([ $bench_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_bench.log)") |"
+echo
+[ -f "$RESULTS/gpu_core_$stamp.md" ] && cat "$RESULTS/gpu_core_$stamp.md"
+[ $bench_rc -ne 0 ] && tail -30 "$RESULTS/gpu_bench.log"
+exit $(( tests_rc != 0 || bench_rc != 0 ))
