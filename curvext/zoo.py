@@ -1,0 +1,309 @@
+"""Built-in model zoo: small LeNet- and NiN-style CNNs, trained on demand and cached on disk.
+
+Models take images in ``[0, 1]`` of shape ``(B, C, H, W)`` float32 and return logits ``(B, L)``;
+normalisation (``(x - mean) / std``) happens inside the model. Each architecture comes in two
+activation kinds:
+
+* ``"relu"``: ReLU + max-pool. Piecewise linear, so its exact input Hessian is zero almost
+  everywhere: measure curvature with finite differences (``method="fd"``/``"fd2"``).
+* ``"smooth"``: softplus (beta 1) + average pool. Infinitely differentiable: exact HVPs
+  (``method="autograd"``).
+
+:func:`train` trains a model (seeded; no global RNG state is changed), caches the state dict under
+a key built from every setting that changes the weights, and returns it in eval mode with its test
+accuracy. :func:`load_checkpoint` loads a user's TorchScript file, a state-dict checkpoint of a
+user class, or a zoo cache file.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from curvext import data as _data
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LeNet", "NiN", "TrainConfig", "ZooModel", "ARCHITECTURES", "ACTIVATIONS", "build",
+           "train", "load_checkpoint", "cache_dir", "evaluate_accuracy"]
+
+ACTIVATIONS = ("relu", "smooth")
+_CACHE_VERSION = 1
+#: per-dataset (channels, image size, classes, mean, std).
+_DATASETS = {"digits": (1, 8, 10, 0.30, 0.40), "mnist": (1, 28, 10, 0.1307, 0.3081)}
+
+
+def _act(activation: str) -> nn.Module:
+    return nn.ReLU() if activation == "relu" else nn.Softplus()
+
+
+def _pool(activation: str) -> nn.Module:
+    return nn.MaxPool2d(2) if activation == "relu" else nn.AvgPool2d(2)
+
+
+class _Base(nn.Module):
+    """Normalisation inside the model; records its activation kind and input shape."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, activation: str,
+                 mean: float, std: float):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if image_size < 4 or image_size % 4:
+            raise ValueError(f"image_size must be a positive multiple of 4, got {image_size!r}")
+        if std <= 0:
+            raise ValueError(f"std must be > 0, got {std!r}")
+        self.activation = activation
+        self.input_shape = (in_channels, image_size, image_size)
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
+
+
+class LeNet(_Base):
+    """conv3x3(c1) → act → pool → conv3x3(c2) → act → pool → fc(hidden) → act → fc(L)."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
+                 activation: str = "relu", *, widths: tuple[int, int, int] = (16, 32, 64),
+                 mean: float = 0.0, std: float = 1.0):
+        super().__init__(in_channels, image_size, num_classes, activation, mean, std)
+        c1, c2, hidden = widths
+        s = image_size // 4
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1), _act(activation), _pool(activation),
+            nn.Conv2d(c1, c2, 3, padding=1), _act(activation), _pool(activation),
+            nn.Flatten(), nn.Linear(c2 * s * s, hidden), _act(activation), nn.Linear(hidden, num_classes))
+
+
+class NiN(_Base):
+    """Network-in-network: two mlpconv blocks (3x3 then two 1x1 convs) with pooling, a 1x1 conv
+    to L channels, global average pooling."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 8, num_classes: int = 10,
+                 activation: str = "relu", *, widths: tuple[int, int, int] = (24, 32, 48),
+                 mean: float = 0.0, std: float = 1.0):
+        super().__init__(in_channels, image_size, num_classes, activation, mean, std)
+        c1, c2, c3 = widths
+
+        def mlpconv(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), _act(activation),
+                    nn.Conv2d(cout, cout, 1), _act(activation), nn.Conv2d(cout, cout, 1), _act(activation)]
+
+        self.body = nn.Sequential(
+            *mlpconv(in_channels, c1), _pool(activation),
+            *mlpconv(c1, c2), _pool(activation),
+            nn.Conv2d(c2, c3, 3, padding=1), _act(activation), nn.Conv2d(c3, num_classes, 1),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+ARCHITECTURES = {"lenet": LeNet, "nin": NiN}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that changes the trained weights (all of it goes into the cache key).
+
+    ``train_limit``: use the first ``train_limit`` training images (None: all).
+    """
+
+    name: str = "lenet"
+    activation: str = "relu"
+    dataset: str = "digits"
+    seed: int = 0
+    epochs: int = 60
+    lr: float = 3e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    train_limit: int | None = None
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "version": _CACHE_VERSION}, sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return f"{self.name}-{self.activation}-{self.dataset}-s{self.seed}-{digest}"
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A trained zoo model. ``model`` is in eval mode on CPU; ``test_accuracy`` in ``[0, 1]``."""
+
+    model: nn.Module
+    test_accuracy: float
+    config: TrainConfig
+    path: Path
+    from_cache: bool
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """``path`` if given, else ``$CURVEXT_CACHE``, else ``~/.cache/curvext``."""
+    if path is not None:
+        return Path(path).expanduser()
+    env = os.environ.get("CURVEXT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "curvext"
+
+
+def build(name: str, activation: str = "relu", dataset: str = "digits") -> nn.Module:
+    """An untrained zoo model sized and normalised for ``dataset`` (``"digits"`` or ``"mnist"``)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    if dataset not in _DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}")
+    c, s, n, mean, std = _DATASETS[dataset]
+    return ARCHITECTURES[name](c, s, n, activation, mean=mean, std=std)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Share of ``images`` ``(N, C, H, W)`` whose argmax logit equals ``labels`` ``(N,)``."""
+    correct = 0
+    for i in range(0, images.shape[0], batch_size):
+        correct += int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+    return correct / max(1, images.shape[0])
+
+
+def _load_split(cfg: TrainConfig, split: str, data_dir) -> _data.Dataset:
+    if cfg.dataset == "digits":
+        return _data.load_digits(split, seed=cfg.seed)
+    if data_dir is None:
+        raise ValueError("dataset='mnist' needs data_dir (a directory of MNIST IDX files)")
+    return _data.load_mnist(data_dir, split, limit=cfg.train_limit if split == "train" else None)
+
+
+def _fit(model: nn.Module, ds: _data.Dataset, cfg: TrainConfig, gen: torch.Generator) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    model.train()
+    n = len(ds)
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            loss = nn.functional.cross_entropy(model(ds.images[idx]), ds.labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * idx.numel()
+        sched.step()
+        logger.debug("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, total / n)
+    model.eval()
+
+
+def train(name: str = "lenet", activation: str = "relu", dataset: str = "digits", data_dir=None, *,
+          epochs: int | None = None, seed: int = 0, lr: float = 3e-3, batch_size: int = 64,
+          weight_decay: float = 0.0, train_limit: int | None = None, cache: str | os.PathLike | None = None,
+          use_cache: bool = True) -> ZooModel:
+    """Train (or load from the cache) a zoo model; returns it in eval mode with its test accuracy.
+
+    Args:
+        name: ``"lenet"`` or ``"nin"``.
+        activation: ``"relu"`` (FD curvature) or ``"smooth"`` (exact HVPs).
+        dataset: ``"digits"`` (sklearn, seconds on 2 cores) or ``"mnist"`` (needs ``data_dir``;
+            default ``train_limit`` 20000 images and 4 epochs: a minute or two on 2 cores).
+        epochs: default 60 (digits: LeNet 0.97-0.98, NiN 0.94-0.96 test accuracy) or 4 (mnist).
+        seed: seeds weight init, shuffling and (digits) the train/test split. The global RNG is
+            left as it was.
+        cache: cache directory (see :func:`cache_dir`); ``use_cache=False`` retrains and overwrites.
+    """
+    if dataset not in _DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}")
+    if epochs is None:
+        epochs = 60 if dataset == "digits" else 4
+    if dataset == "mnist" and train_limit is None:
+        train_limit = 20000
+    for value, label in ((epochs, "epochs"), (batch_size, "batch_size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    cfg = TrainConfig(name, activation, dataset, int(seed), epochs, float(lr), batch_size,
+                      float(weight_decay), train_limit)
+    with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is left as it was
+        torch.manual_seed(cfg.seed)
+        model = build(name, activation, dataset)  # also validates name/activation before data is read
+    path = cache_dir(cache) / f"{cfg.key()}.pt"
+    test = _load_split(cfg, "test", data_dir)
+    if use_cache and path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ckpt["state_dict"])
+        model.eval()
+        logger.info("loaded %s from cache %s", cfg.key(), path)
+        return ZooModel(model, float(ckpt["test_accuracy"]), cfg, path, True)
+
+    train_ds = _load_split(cfg, "train", data_dir)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    _fit(model, train_ds, cfg, gen)
+    acc = evaluate_accuracy(model, test.images, test.labels)
+    logger.info("trained %s: test accuracy %.4f", cfg.key(), acc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"state_dict": model.state_dict(), "test_accuracy": acc, "config": asdict(cfg)}, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return ZooModel(model, acc, cfg, path, False)
+
+
+def _import_class(module_path: str):
+    if module_path.count(":") != 1:
+        raise ValueError(f"module_path must look like 'package.module:ClassName', got {module_path!r}")
+    mod_name, cls_name = module_path.split(":")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import {module_path!r}: {exc}") from exc
+    return cls
+
+
+def load_checkpoint(path: str | os.PathLike, module_path: str | None = None, *,
+                    model_kwargs: dict | None = None) -> nn.Module:
+    """Load a model for evaluation (eval mode, CPU).
+
+    * ``module_path=None``: ``path`` is a TorchScript file (``torch.jit.save``) or a zoo cache
+      file written by :func:`train` (rebuilt from its recorded config).
+    * ``module_path="package.module:ClassName"``: ``path`` is a state dict (or a dict holding one
+      under ``"state_dict"`` / ``"model_state_dict"``) for ``ClassName(**model_kwargs)``.
+
+    The model must accept inputs in ``[0, 1]``; curvext does not normalise for it.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if module_path is None:
+        try:
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the user chose the format
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu").eval()
+        except RuntimeError:
+            pass
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is neither TorchScript nor a readable checkpoint: {exc}") from exc
+        if not (isinstance(ckpt, dict) and "config" in ckpt and "state_dict" in ckpt):
+            raise ValueError(f"{path} is not TorchScript; for a state-dict checkpoint pass "
+                             "module_path='package.module:ClassName'")
+        cfg = ckpt["config"]
+        model = build(cfg["name"], cfg["activation"], cfg["dataset"])
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()
+    cls = _import_class(module_path)
+    model = cls(**(model_kwargs or {}))
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{module_path} did not build an nn.Module (got {type(model).__name__})")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        for k in ("state_dict", "model_state_dict"):
+            if k in state and isinstance(state[k], dict):
+                state = state[k]
+                break
+    model.load_state_dict(state)
+    return model.eval()
