@@ -1,0 +1,194 @@
+"""Algorithm 2: detect adversarially perturbed images by boundary curvature, recover their labels.
+
+For an image x with predicted class khat and competing classes i, the statistic is
+
+    rho(x) = 1 / (L T) * sum_{i != khat} sum_{j=1..T} kappa_i(v_j),
+    kappa_i(v) = (P_i v)^T H_i (P_i v) / ||g_i||,
+
+the curvature of F_i = f_i - f_khat (normal toward class i, out of the image's own region; SPEC
+§1) along random unit directions v_j shared by every class. It estimates the mean curvature
+tr(G_i)/d averaged over the competing classes. A flagged image's recovered label is the class
+with the largest summed curvature ("higher" orientation) or the smallest ("lower").
+
+Orientation: the paper reports clean images with mean curvature of one sign and perturbed ones
+beyond it; which side depends on the model and the scale h (SPEC §1). :meth:`calibrate` reads it
+from clean data alone: if clean images mostly have rho < 0, perturbed ones are expected above
+("higher"), else below ("lower").
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from curvext import _model_checks
+from curvext.quadratic_forms import METHODS, class_curvatures
+
+logger = logging.getLogger(__name__)
+
+ESTIMATORS = ("hutchinson", "deflated")
+ORIENTATIONS = ("higher", "lower")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Algorithm 2's statistics for B images.
+
+    rho: ``(B,)`` mean normal curvature (SPEC sign convention).
+    per_class: ``(B, L)`` curvature summed over the T directions for each competing class that
+        entered the sum; NaN for the predicted class and for classes left out (``classes=K``).
+    predicted: ``(B,)`` int64, the model's label khat.
+    """
+
+    rho: torch.Tensor
+    per_class: torch.Tensor
+    predicted: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Detection:
+    """perturbed ``(B,)`` bool; predicted, recovered ``(B,)`` int64 (recovered = predicted where
+    not flagged); rho ``(B,)``."""
+
+    perturbed: torch.Tensor
+    predicted: torch.Tensor
+    recovered: torch.Tensor
+    rho: torch.Tensor
+
+
+class CurvatureDetector:
+    """Training-free detector and label recovery from decision-boundary curvature.
+
+    Args:
+        model: classifier ``(B, C, H, W) -> (B, L)`` logits, in eval mode (no batch statistics).
+        num_directions: T random unit directions (shared by all classes and images).
+        classes: None sums over all competing classes; K sums over the K highest-scoring ones
+            (needed for 1000-class models).
+        method: "autograd" (exact, smooth nets), "fd" or "fd2" (at scale h; ReLU nets, whose
+            exact input Hessian is zero). See :mod:`curvext.quadratic_forms`.
+        h: finite-difference scale (l2 step length in input units); default 0.25 for fd/fd2.
+        estimator: "hutchinson" (plain sampling) or "deflated" (exact top principal curvatures
+            by Lanczos plus sampling on the rest; fewer operator applications per accuracy).
+        deflation_k: principal curvatures computed exactly per class with "deflated".
+        seed: seeds the directions (the same seed gives the same rho).
+        input_range: ``(low, high)`` the model expects, checked on every input; None skips it.
+        batch_size: images per model call group.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, num_directions: int = 16, classes: int | None = None,
+                 method: str = "fd2", h: float | None = None, estimator: str = "hutchinson",
+                 deflation_k: int = 4, seed: int = 0, input_range: tuple | None = (0.0, 1.0),
+                 batch_size: int = 128):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if not isinstance(num_directions, int) or num_directions < 1:
+            raise ValueError(f"num_directions must be a positive int, got {num_directions!r}")
+        if classes is not None and (not isinstance(classes, int) or classes < 1):
+            raise ValueError(f"classes must be None or a positive int, got {classes!r}")
+        if h is not None and not h > 0:
+            raise ValueError(f"h must be > 0, got {h!r}")
+        _model_checks.require_eval(model, "model")
+        if method == "autograd" and _model_checks.is_piecewise_linear(model):
+            logger.warning("model has ReLU/max-pool layers: its exact input Hessian is zero almost "
+                           "everywhere; use method='fd' or 'fd2' to measure curvature at a scale h")
+        self.model = model
+        self.num_directions = num_directions
+        self.classes = classes
+        self.method = method
+        self.h = (0.25 if method != "autograd" else 0.0) if h is None else float(h)
+        self.estimator = estimator
+        self.deflation_k = deflation_k
+        self.seed = seed
+        self.input_range = input_range
+        self.batch_size = batch_size
+        self.threshold: float | None = None
+        self.orientation: str | None = None
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def directions(self, shape: tuple, device, dtype) -> torch.Tensor:
+        """The T unit directions ``(T, *shape)``, a function of the seed alone."""
+        g = torch.Generator().manual_seed(self.seed)
+        d = 1
+        for s in shape:
+            d *= s
+        V = torch.randn(self.num_directions, d, generator=g, dtype=torch.float64)
+        V = V / V.norm(dim=1, keepdim=True)
+        return V.to(device=device, dtype=dtype).reshape((self.num_directions,) + tuple(shape))
+
+    def score(self, x: torch.Tensor) -> Scores:
+        """Algorithm 2's rho, per-class curvature sums and predicted labels for ``x (B, C, H, W)``."""
+        _model_checks.check_images(x, "x", self.input_range)
+        V = self.directions(x.shape[1:], x.device, x.dtype)
+        parts = [self._score_batch(x[i : i + self.batch_size], V) for i in range(0, x.shape[0], self.batch_size)]
+        return Scores(*(torch.cat([p[k] for p in parts]) for k in range(3)))
+
+    def _score_batch(self, x, V):
+        with torch.no_grad():
+            logits = self.model(x)
+        B, L = logits.shape
+        predicted = logits.argmax(dim=1)
+        K = L - 1 if self.classes is None else min(self.classes, L - 1)
+        masked = logits.masked_fill(torch.nn.functional.one_hot(predicted, L).bool(), float("-inf"))
+        cls = masked.topk(K, dim=1).indices  # (B, K) competing classes by score
+        if self.estimator == "deflated":
+            from curvext.deflated import deflated_class_curvatures
+
+            sums = deflated_class_curvatures(self, x, cls, predicted, V)  # (B, K), T-normalised sums
+        else:
+            kappa = class_curvatures(self.model, x, cls, predicted, V, self.method, self.h)
+            sums = kappa.sum(dim=2)
+        if not bool(torch.isfinite(sums).all()):
+            bad = (~torch.isfinite(sums)).any(dim=1).nonzero().flatten().tolist()
+            raise FloatingPointError(f"non-finite curvature for image(s) {bad[:10]} of the batch")
+        per_class = torch.full((B, L), float("nan"), dtype=sums.dtype, device=x.device)
+        per_class.scatter_(1, cls, sums)
+        rho = sums.sum(dim=1) / ((K + 1) * self.num_directions)
+        return rho.detach(), per_class.detach(), predicted
+
+    # -- thresholds -------------------------------------------------------------------------
+
+    def calibrate(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> "CurvatureDetector":
+        """Set orientation and threshold from clean images alone (target false-positive rate)."""
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
+        rho = self.score(x_clean).rho.double().cpu()
+        self.orientation = "higher" if float(rho.median()) < 0 else "lower"
+        signed = rho if self.orientation == "higher" else -rho
+        t = float(torch.quantile(signed, 1.0 - fpr))
+        self.threshold = t if self.orientation == "higher" else -t
+        logger.info("calibrated: clean median rho %.3g -> orientation %s, threshold %.4g",
+                    float(rho.median()), self.orientation, self.threshold)
+        return self
+
+    def fit_threshold(self, x_clean: torch.Tensor, x_perturbed: torch.Tensor) -> "CurvatureDetector":
+        """Set orientation and threshold that maximise accuracy on labelled clean/perturbed sets."""
+        from curvext.metrics import best_accuracy_threshold
+
+        rc = self.score(x_clean).rho.double().cpu().numpy()
+        rp = self.score(x_perturbed).rho.double().cpu().numpy()
+        best = None
+        for orientation, sign in (("higher", 1.0), ("lower", -1.0)):
+            acc, t = best_accuracy_threshold(sign * rc, sign * rp)
+            if best is None or acc > best[0]:
+                best = (acc, orientation, sign * t)
+        _, self.orientation, self.threshold = best
+        return self
+
+    def detect(self, x: torch.Tensor) -> Detection:
+        """Flag perturbed images and recover their labels (requires calibrate/fit_threshold)."""
+        if self.threshold is None or self.orientation is None:
+            raise RuntimeError("detector is not calibrated: call calibrate(x_clean) or "
+                               "fit_threshold(x_clean, x_perturbed) before detect()")
+        s = self.score(x)
+        if self.orientation == "higher":
+            flagged = s.rho >= self.threshold
+            candidate = torch.nan_to_num(s.per_class, nan=float("-inf")).argmax(dim=1)
+        else:
+            flagged = s.rho <= self.threshold
+            candidate = torch.nan_to_num(s.per_class, nan=float("inf")).argmin(dim=1)
+        recovered = torch.where(flagged, candidate, s.predicted)
+        return Detection(flagged, s.predicted, recovered, s.rho)

@@ -1,0 +1,135 @@
+"""Second-order pieces of Algorithm 2 for many classes and directions at once.
+
+For a batch of images ``x (B, C, H, W)``, competing classes ``cls (B, K)`` and unit directions
+``V (T, C, H, W)`` shared by every image and class, :func:`class_curvatures` returns the normal
+curvatures ``kappa[b, k, j] = (P v_j)^T H_i (P v_j) / ||g_i||`` of ``F_i = f_i - f_khat``
+(``i = cls[b, k]``; SPEC §1 sign convention: normal toward class i, out of the image's own
+region), with the cost of the *sum* of classes and directions, not their product:
+
+    (P v)^T H (P v) = v^T H v - 2 c (H n)^T v + c^2 n^T H n,   c = n^T v,
+
+where ``v^T H_f v`` for every logit at once comes from one second-order directional derivative
+per direction, and ``H_i n_i`` from one Hessian-vector product per class.
+
+Methods (how second derivatives are measured):
+
+* ``"autograd"``: exact, infinitesimal. ``v^T H v`` by forward-over-forward mode
+  (``torch.func.jvp`` twice), ``H n`` by double backward. For smooth nets; zero for ReLU nets.
+* ``"fd"``: at scale ``h``: ``v^T H v`` from directional derivatives at ``x +- h v``,
+  ``H n`` from gradients at ``x +- h n``.
+* ``"fd2"``: at scale ``h``: ``v^T H v = (f(x+hv) + f(x-hv) - 2 f(x)) / h^2`` from forward passes
+  only; ``H n`` as in ``"fd"``. The cheapest; works for ReLU nets.
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import jvp
+
+METHODS = ("autograd", "fd", "fd2")
+
+
+def logit_quadratic_forms(model, x: torch.Tensor, V: torch.Tensor, method: str, h: float,
+                          max_rows: int = 4096) -> torch.Tensor:
+    """``q[b, j, l] = v_j^T (Hessian of logit l at x_b) v_j`` as ``(B, T, L)``.
+
+    ``x`` is ``(B, *shape)``, ``V`` is ``(T, *shape)`` (unit norm per direction for fd methods,
+    where ``h`` is the step length). Images and directions are evaluated in chunks of at most
+    ``max_rows`` rows per model call.
+    """
+    B, T = x.shape[0], V.shape[0]
+    shape = x.shape[1:]
+    chunk = max(1, max_rows // max(B, 1))
+    out = []
+    base = model(x) if method == "fd2" else None
+    for j0 in range(0, T, chunk):
+        v = V[j0 : j0 + chunk]
+        t = v.shape[0]
+        xs = x.unsqueeze(1).expand(B, t, *shape).reshape(B * t, *shape)
+        vs = v.unsqueeze(0).expand(B, t, *shape).reshape(B * t, *shape)
+        if method == "fd2":
+            plus, minus = model(xs + h * vs), model(xs - h * vs)
+            center = base.unsqueeze(1).expand(B, t, base.shape[1]).reshape(B * t, -1)
+            q = (plus + minus - 2 * center) / (h * h)
+        elif method == "fd":
+            _, dplus = jvp(model, (xs + h * vs,), (vs,))
+            _, dminus = jvp(model, (xs - h * vs,), (vs,))
+            q = (dplus - dminus) / (2 * h)
+        else:
+            def directional(y, _v=vs):
+                return jvp(model, (y,), (_v,))[1]
+
+            _, q = jvp(directional, (xs,), (vs,))
+        out.append(q.reshape(B, t, -1))
+    return torch.cat(out, dim=1)
+
+
+def class_gradients(model, x: torch.Tensor, cls: torch.Tensor, predicted: torch.Tensor,
+                    create_graph: bool = False):
+    """Gradients of ``F_i = f_i - f_khat`` for each image and each of its K classes.
+
+    Returns ``(xr, grad)``: ``xr (B*K, *shape)`` the repeated inputs (requires grad) and
+    ``grad (B*K, *shape)``; row ``b*K + k`` belongs to image b and class ``cls[b, k]``.
+    """
+    B, K = cls.shape
+    xr = x.detach().repeat_interleave(K, dim=0).requires_grad_(True)
+    logits = model(xr)
+    rows = torch.arange(B * K, device=x.device)
+    F = logits[rows, cls.reshape(-1)] - logits[rows, predicted.repeat_interleave(K)]
+    (grad,) = torch.autograd.grad(F.sum(), xr, create_graph=create_graph)
+    return xr, grad
+
+
+def hessian_normal_products(model, x, cls, predicted, method: str, h: float):
+    """``(grad (B*K, d), hn (B*K, d))``: gradient of F_i and ``H_i n_i`` with n_i = g_i/||g_i||."""
+    B, K = cls.shape
+    if method == "autograd":
+        xr, grad = class_gradients(model, x, cls, predicted, create_graph=True)
+        flat = grad.reshape(B * K, -1)
+        n = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)).detach()
+        (hn,) = torch.autograd.grad(grad, xr, grad_outputs=n.reshape(grad.shape))
+        return flat.detach(), hn.reshape(B * K, -1).detach()
+    _, grad = class_gradients(model, x, cls, predicted)
+    flat = grad.reshape(B * K, -1)
+    n = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    step = (h * n).reshape(grad.shape)
+    xr = x.repeat_interleave(K, dim=0)
+    both = torch.cat([xr + step, xr - step])
+    g2 = _gradients_at(model, both, cls.reshape(-1).repeat(2), predicted.repeat_interleave(K).repeat(2))
+    gp, gm = g2[: B * K], g2[B * K :]
+    return flat, ((gp - gm) / (2 * h)).reshape(B * K, -1)
+
+
+def _gradients_at(model, points: torch.Tensor, cls_flat: torch.Tensor, pred_flat: torch.Tensor):
+    """Gradient of ``f_cls - f_pred`` at each row of ``points`` (one class per row)."""
+    pts = points.detach().requires_grad_(True)
+    logits = model(pts)
+    rows = torch.arange(pts.shape[0], device=pts.device)
+    F = logits[rows, cls_flat] - logits[rows, pred_flat]
+    (g,) = torch.autograd.grad(F.sum(), pts)
+    return g.reshape(pts.shape[0], -1)
+
+
+def class_curvatures(model, x: torch.Tensor, cls: torch.Tensor, predicted: torch.Tensor,
+                     V: torch.Tensor, method: str, h: float, max_rows: int = 4096) -> torch.Tensor:
+    """Normal curvatures ``kappa (B, K, T)`` of F_i along the tangent projections of ``V``.
+
+    Args:
+        x: ``(B, *shape)`` images. cls: ``(B, K)`` competing classes (never the predicted one).
+        predicted: ``(B,)`` the predicted classes khat. V: ``(T, *shape)`` unit directions.
+        method, h: see the module docstring.
+    """
+    B, K = cls.shape
+    T = V.shape[0]
+    grad, hn = hessian_normal_products(model, x, cls, predicted, method, h)
+    gnorm = grad.norm(dim=1).clamp_min(1e-30)  # (B*K,)
+    n = grad / gnorm.unsqueeze(1)
+    Vf = V.reshape(T, -1)
+    q_logits = logit_quadratic_forms(model, x, V, method, h, max_rows).detach()  # (B, T, L)
+    q_pred = q_logits.gather(2, predicted.view(B, 1, 1).expand(B, T, 1))  # (B, T, 1)
+    q = q_logits.gather(2, cls.view(B, 1, K).expand(B, T, K)) - q_pred  # (B, T, K)
+    q = q.transpose(1, 2)  # (B, K, T)
+    c = (n @ Vf.T).reshape(B, K, T)
+    hn_v = (hn @ Vf.T).reshape(B, K, T)
+    hn_n = (hn * n).sum(dim=1).reshape(B, K, 1)
+    kappa = (q - 2 * c * hn_v + c * c * hn_n) / gnorm.reshape(B, K, 1)
+    return kappa

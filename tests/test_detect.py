@@ -1,0 +1,96 @@
+"""CurvatureDetector (Algorithm 2) against a per-image, per-class dense-Hessian reference."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from curvext.detect import CurvatureDetector
+from tests.test_quadratic_forms import SmoothNet
+
+
+def reference_scores(model, x, V, K=None):
+    """Algorithm 2 written out literally: loops over images and classes, dense Hessians."""
+    B = x.shape[0]
+    L = model(x).shape[1]
+    rho = torch.zeros(B, dtype=torch.float64)
+    per_class = torch.full((B, L), float("nan"), dtype=torch.float64)
+    for b in range(B):
+        z = x[b].reshape(-1).clone()
+        logits = model(z.reshape(1, *x.shape[1:]))[0]
+        kh = int(logits.argmax())
+        order = [int(c) for c in logits.argsort(descending=True) if int(c) != kh]
+        chosen = order if K is None else order[:K]
+        for i in chosen:
+            F = lambda y, i=i: (lambda o: o[0, i] - o[0, kh])(model(y.reshape(1, *x.shape[1:])))  # noqa: E731
+            g = torch.autograd.functional.jacobian(F, z)
+            H = torch.autograd.functional.hessian(F, z)
+            n = g / g.norm()
+            P = torch.eye(z.numel(), dtype=torch.float64) - torch.outer(n, n)
+            total = 0.0
+            for v in V.reshape(V.shape[0], -1):
+                u = P @ v
+                total += float(u @ H @ u / g.norm())
+            per_class[b, i] = total
+        rho[b] = torch.nansum(per_class[b]) / ((len(chosen) + 1) * V.shape[0])
+    return rho, per_class
+
+
+@pytest.mark.parametrize("classes", [None, 2])
+def test_rho_matches_literal_algorithm(classes):
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.rand(4, 1, 4, 4, dtype=torch.float64)
+    det = CurvatureDetector(model, num_directions=5, classes=classes, method="autograd", seed=7)
+    s = det.score(x)
+    V = det.directions(x.shape[1:], x.device, x.dtype)
+    rho, per_class = reference_scores(model, x, V, classes)
+    torch.testing.assert_close(s.rho, rho, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(s.per_class, per_class, rtol=1e-9, atol=1e-12, equal_nan=True)
+    assert torch.equal(s.predicted, model(x).argmax(1))
+
+
+def test_same_seed_same_rho_regardless_of_batching():
+    model = SmoothNet(torch.nn.ReLU()).eval()
+    x = torch.rand(9, 1, 4, 4, dtype=torch.float64)
+    a = CurvatureDetector(model, num_directions=6, method="fd2", seed=3, batch_size=4).score(x).rho
+    b = CurvatureDetector(model, num_directions=6, method="fd2", seed=3, batch_size=100).score(x).rho
+    c = CurvatureDetector(model, num_directions=6, method="fd2", seed=4).score(x).rho
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_calibrate_and_detect_follow_orientation():
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.rand(40, 1, 4, 4, dtype=torch.float64)
+    det = CurvatureDetector(model, num_directions=4, method="autograd").calibrate(x, fpr=0.1)
+    rho = det.score(x).rho
+    assert det.orientation == ("higher" if float(rho.median()) < 0 else "lower")
+    flagged = det.detect(x).perturbed
+    # 10% false positives on the calibration set itself (quantile threshold, ties aside).
+    assert abs(float(flagged.double().mean()) - 0.1) <= 0.05
+    out = det.detect(x)
+    assert torch.equal(out.recovered[~out.perturbed], out.predicted[~out.perturbed])
+    assert (out.recovered[out.perturbed] != out.predicted[out.perturbed]).all()
+
+
+def test_bad_inputs():
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    det = CurvatureDetector(model, num_directions=2, method="autograd")
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        det.detect(torch.rand(2, 1, 4, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=re.escape("x must be a (B, C, H, W) batch")):
+        det.score(torch.rand(2, 16, dtype=torch.float64))
+    bad = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    bad[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=re.escape("non-finite values in image(s) [2]")):
+        det.score(bad)
+    with pytest.raises(ValueError, match=re.escape("input range [0.0, 1.0]; image(s) [0]")):
+        det.score(torch.rand(2, 1, 4, 4, dtype=torch.float64) + torch.tensor([2.0, 0.0]).view(2, 1, 1, 1).double())
+    with pytest.raises(ValueError, match="method must be one of"):
+        CurvatureDetector(model, method="exact")
+    with pytest.raises(ValueError, match="num_directions must be a positive int"):
+        CurvatureDetector(model, num_directions=0)
+    train_model = SmoothNet(torch.nn.Softplus()).train()
+    with pytest.raises(ValueError, match="must be in eval mode"):
+        CurvatureDetector(train_model)

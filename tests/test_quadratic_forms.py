@@ -1,0 +1,107 @@
+"""curvext.quadratic_forms against closed forms (quadratic classifiers) and dense Hessians."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from curvext.quadratic_forms import class_curvatures, logit_quadratic_forms
+
+
+class Quadratic(torch.nn.Module):
+    """f_c(x) = 1/2 x^T A_c x + b_c^T x on flattened inputs: every Hessian is known exactly."""
+
+    def __init__(self, L=4, d=12, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        A = torch.randn(L, d, d, generator=g, dtype=torch.float64)
+        self.register_buffer("A", (A + A.transpose(1, 2)) / 2)
+        self.register_buffer("b", torch.randn(L, d, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        z = x.reshape(x.shape[0], -1)
+        return 0.5 * torch.einsum("bi,lij,bj->bl", z, self.A, z) + z @ self.b.T
+
+
+def competing(pred, L, K):
+    return torch.stack([torch.tensor([c for c in range(L) if c != p][:K]) for p in pred.tolist()])
+
+
+def reference_kappa(model, x, cls, pred, V):
+    z = x.reshape(x.shape[0], -1)
+    B, K = cls.shape
+    T = V.shape[0]
+    out = torch.zeros(B, K, T, dtype=torch.float64)
+    for b in range(B):
+        for k in range(K):
+            i, kh = cls[b, k], pred[b]
+            H = model.A[i] - model.A[kh]
+            g = H @ z[b] + model.b[i] - model.b[kh]
+            n = g / g.norm()
+            P = torch.eye(z.shape[1], dtype=torch.float64) - torch.outer(n, n)
+            for j in range(T):
+                u = P @ V[j].reshape(-1)
+                out[b, k, j] = u @ H @ u / g.norm()
+    return out
+
+
+@pytest.mark.parametrize("method", ["autograd", "fd", "fd2"])
+def test_quadratic_classifier_closed_form(method):
+    model = Quadratic().eval()
+    x = torch.randn(3, 1, 3, 4, dtype=torch.float64)
+    pred = model(x).argmax(1)
+    cls = competing(pred, 4, 3)
+    V = torch.nn.functional.normalize(torch.randn(5, 12, dtype=torch.float64), dim=1).reshape(5, 1, 3, 4)
+    kappa = class_curvatures(model, x, cls, pred, V, method, h=0.1)
+    # Finite differences are exact on quadratics up to rounding (fd2 divides by h^2).
+    torch.testing.assert_close(kappa, reference_kappa(model, x, cls, pred, V), rtol=0, atol=1e-10)
+
+
+class SmoothNet(torch.nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), act,
+                                       torch.nn.Linear(32, 5)).double()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_logit_quadratic_forms_match_dense_hessian_and_fd_converges():
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    V = torch.nn.functional.normalize(torch.randn(3, 16, dtype=torch.float64), dim=1).reshape(3, 1, 4, 4)
+    exact = logit_quadratic_forms(model, x, V, "autograd", 0.0)
+    for b in range(2):
+        for l in range(5):
+            H = torch.autograd.functional.hessian(lambda z: model(z.reshape(1, 1, 4, 4))[0, l], x[b].reshape(-1))
+            for j in range(3):
+                v = V[j].reshape(-1)
+                assert abs(float(v @ H @ v) - float(exact[b, j, l])) < 1e-10
+    errors = {}
+    for method in ("fd", "fd2"):
+        errors[method] = [float((logit_quadratic_forms(model, x, V, method, h) - exact).abs().max())
+                          for h in (1e-1, 1e-2, 1e-3)]
+        # Central differences: error O(h^2), so each 10x smaller h cuts it by ~100x.
+        assert errors[method][1] < errors[method][0] / 30
+        assert errors[method][2] < 1e-5
+
+
+def test_relu_net_exact_zero_fd_not():
+    model = SmoothNet(torch.nn.ReLU()).eval()
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    V = torch.nn.functional.normalize(torch.randn(6, 16, dtype=torch.float64), dim=1).reshape(6, 1, 4, 4)
+    exact = logit_quadratic_forms(model, x, V, "autograd", 0.0)
+    assert float(exact.abs().max()) == 0.0
+    fd = logit_quadratic_forms(model, x, V, "fd2", 0.5)
+    assert float(fd.abs().max()) > 1e-3
+
+
+def test_chunking_does_not_change_results():
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    V = torch.nn.functional.normalize(torch.randn(7, 16, dtype=torch.float64), dim=1).reshape(7, 1, 4, 4)
+    for method in ("autograd", "fd", "fd2"):
+        whole = logit_quadratic_forms(model, x, V, method, 0.1, max_rows=10_000)
+        pieces = logit_quadratic_forms(model, x, V, method, 0.1, max_rows=6)
+        torch.testing.assert_close(whole, pieces)
