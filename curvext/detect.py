@@ -155,24 +155,25 @@ class CurvatureDetector:
         """Set orientation and threshold from clean images alone (target false-positive rate)."""
         if not 0.0 < fpr < 1.0:
             raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
+        from curvext.metrics import calibrate_threshold
+
         rho = self.score(x_clean).rho.double().cpu()
         self.orientation = "higher" if float(rho.median()) < 0 else "lower"
-        signed = rho if self.orientation == "higher" else -rho
-        t = float(torch.quantile(signed, 1.0 - fpr))
-        self.threshold = t if self.orientation == "higher" else -t
+        sign = 1.0 if self.orientation == "higher" else -1.0
+        self.threshold = sign * calibrate_threshold((sign * rho).numpy(), fpr)
         logger.info("calibrated: clean median rho %.3g -> orientation %s, threshold %.4g",
                     float(rho.median()), self.orientation, self.threshold)
         return self
 
     def fit_threshold(self, x_clean: torch.Tensor, x_perturbed: torch.Tensor) -> "CurvatureDetector":
         """Set orientation and threshold that maximise accuracy on labelled clean/perturbed sets."""
-        from curvext.metrics import best_accuracy_threshold
+        from curvext.metrics import best_threshold
 
         rc = self.score(x_clean).rho.double().cpu().numpy()
         rp = self.score(x_perturbed).rho.double().cpu().numpy()
         best = None
         for orientation, sign in (("higher", 1.0), ("lower", -1.0)):
-            acc, t = best_accuracy_threshold(sign * rc, sign * rp)
+            t, acc = best_threshold(sign * rc, sign * rp)
             if best is None or acc > best[0]:
                 best = (acc, orientation, sign * t)
         _, self.orientation, self.threshold = best

@@ -94,3 +94,15 @@ def test_bad_inputs():
     train_model = SmoothNet(torch.nn.Softplus()).train()
     with pytest.raises(ValueError, match="must be in eval mode"):
         CurvatureDetector(train_model)
+
+
+def test_fit_threshold_picks_the_separating_orientation():
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.rand(30, 1, 4, 4, dtype=torch.float64)
+    det = CurvatureDetector(model, num_directions=4, method="autograd")
+    rho = det.score(x).rho
+    order = rho.argsort()
+    low, high = x[order[:15]], x[order[15:]]
+    det.fit_threshold(high, low)  # "perturbed" images have the lower rho here
+    assert det.orientation == "lower"
+    assert bool(det.detect(low).perturbed.all()) and not bool(det.detect(high).perturbed.any())
