@@ -350,7 +350,7 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
     for (int l = 0; l < count; ++l) vecs[(long long)ks[l] * n] = T(1);
     return;
   }
-  // Factorisation, gttrf with per-lane pivoting expressed as selects.
+  // Factorisation, gttrf with per-lane pivoting expressed as selects; d keeps 1 / pivot.
   CURVEXT_SIMD for (int l = 0; l < L; ++l) {
     d[l] = a[0] - shift[l];
     du[l] = b[0];
@@ -369,8 +369,10 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
       const T dnext = an - shift[l];
       const bool swap = abs_(di) < abs_(bi);
       const T piv_no = abs_(di) < tiny ? (di < T(0) ? -tiny : tiny) : di;
-      const T fact = swap ? di / bi : bi / piv_no;
-      d0[l] = swap ? bi : piv_no;
+      const T pivot = swap ? bi : piv_no;
+      const T rpivot = T(1) / pivot;  // the only division of the row: U's reciprocal pivot
+      const T fact = (swap ? di : bi) * rpivot;
+      d0[l] = rpivot;
       dl0[l] = fact;
       du0[l] = swap ? dnext : dui;
       d1[l] = swap ? dui - fact * dnext : dnext - fact * dui;
@@ -381,9 +383,11 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
   }
   {
     T* dn = d + (n - 1) * L;
-    CURVEXT_SIMD for (int l = 0; l < L; ++l) dn[l] = abs_(dn[l]) < tiny ? (dn[l] < T(0) ? -tiny : tiny) : dn[l];
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+      const T last = abs_(dn[l]) < tiny ? (dn[l] < T(0) ? -tiny : tiny) : dn[l];
+      dn[l] = T(1) / last;
+    }
   }
-  CURVEXT_SIMD for (int i = 0; i < n * L; ++i) d[i] = T(1) / d[i];
   for (int i = 0; i < n; ++i) {
     const T r = start[i];
     CURVEXT_SIMD for (int l = 0; l < L; ++l) x[i * L + l] = r;
