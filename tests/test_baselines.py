@@ -1,0 +1,99 @@
+"""Tests of curvext.baselines against hand-computed references."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import median_filter
+from torch import nn
+
+from curvext import attacks, baselines, data, metrics, zoo
+
+
+class _FixedLogits(nn.Module):
+    """Logits = a fixed linear map of the mean pixel value: easy to compute by hand."""
+
+    def forward(self, x):
+        m = x.flatten(1).mean(1, keepdim=True)
+        return torch.cat([4 * m, torch.zeros_like(m), -4 * m], dim=1)
+
+
+def _softmax(z):
+    e = np.exp(np.asarray(z, dtype=np.float64) - np.max(z))
+    return e / e.sum()
+
+
+def test_max_softmax_hand_computed():
+    x = torch.stack([torch.zeros(1, 2, 2), torch.full((1, 2, 2), 0.5)])
+    s = baselines.max_softmax_score(_FixedLogits().eval(), x)
+    # mean 0: logits (0,0,0) -> 1 - 1/3; mean 0.5: logits (2, 0, -2)
+    assert s.shape == (2,)
+    assert float(s[0]) == pytest.approx(2 / 3, abs=1e-6)
+    assert float(s[1]) == pytest.approx(1 - _softmax([2, 0, -2]).max(), abs=1e-6)
+
+
+def test_bit_depth_reduce():
+    x = torch.tensor([0.0, 0.24, 0.49, 0.51, 0.9, 1.0]).view(1, 1, 1, 6)
+    assert baselines.bit_depth_reduce(x, 1).flatten().tolist() == [0, 0, 0, 1, 1, 1]
+    y = baselines.bit_depth_reduce(x, 2).flatten()  # levels 0, 1/3, 2/3, 1
+    torch.testing.assert_close(y, torch.tensor([0, 1 / 3, 1 / 3, 2 / 3, 1, 1]))
+    with pytest.raises(ValueError, match="bits"):
+        baselines.bit_depth_reduce(x, 0)
+
+
+def test_median_filter_hand_computed_and_scipy():
+    a = torch.tensor([[1.0, 5.0, 2.0],
+                      [7.0, 3.0, 9.0],
+                      [4.0, 8.0, 6.0]]).view(1, 1, 3, 3)
+    out = baselines.median_filter_2x2(a)[0, 0]
+    # (1,1): window {1,5,7,3} -> sorted 1,3,5,7 -> upper median 5;  (0,0): {1,1,1,1} -> 1
+    # (2,2): window {3,9,8,6} -> 3,6,8,9 -> 8;  (0,1): {1,5,1,5} -> 5
+    assert float(out[1, 1]) == 5.0 and float(out[0, 0]) == 1.0
+    assert float(out[2, 2]) == 8.0 and float(out[0, 1]) == 5.0
+    x = torch.rand(3, 2, 7, 5, generator=torch.Generator().manual_seed(0))
+    ref = median_filter(x.numpy(), size=(1, 1, 2, 2))
+    np.testing.assert_array_equal(baselines.median_filter_2x2(x).numpy(), ref)
+
+
+def test_feature_squeezing_hand_computed():
+    # one image with mean 0.3 whose 1-bit squeeze has mean 0.5 and median filter leaves it alone
+    x = torch.zeros(1, 1, 2, 2)
+    x[0, 0, 0, :] = 0.6  # top row 0.6, bottom 0 -> mean 0.3; 1-bit -> top 1 -> mean 0.5
+    fs = baselines.feature_squeezing_score(_FixedLogits().eval(), x, bits=1)
+    p = _softmax([1.2, 0, -1.2])
+    expect_bits = np.abs(p - _softmax([2.0, 0, -2.0])).sum()
+    # median: the replicated top row pads above, so every 2x2 window holds at least two 0.6 of
+    # four and the upper median is 0.6 everywhere: mean 0.6
+    mm = 0.6
+    expect_med = np.abs(p - _softmax([4 * mm, 0, -4 * mm])).sum()
+    assert float(fs.bit_depth[0]) == pytest.approx(expect_bits, abs=1e-6)
+    assert float(fs.median[0]) == pytest.approx(expect_med, abs=1e-6)
+    assert float(fs.score[0]) == pytest.approx(max(expect_bits, expect_med), abs=1e-6)
+
+
+def test_bad_inputs():
+    m = _FixedLogits().eval()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        baselines.max_softmax_score(m, torch.full((1, 1, 2, 2), 2.0))
+    with pytest.raises(ValueError, match="non-finite"):
+        baselines.feature_squeezing_score(m, torch.full((1, 1, 2, 2), math.nan))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        baselines.max_softmax_score(m, torch.zeros(2, 2))
+
+
+def test_baselines_catch_minimal_but_not_confident_attacks(tmp_path_factory):
+    """Sanity on a real model: barely-misclassified (CW κ=0) images have low confidence, so
+    max-softmax separates them well; CW with a large κ makes them confident again."""
+    model = zoo.train("lenet", "relu", epochs=15, seed=0, cache=tmp_path_factory.getbasetemp() / "zoo").model
+    ds = data.load_digits("test").subset(60)
+    x = ds.images
+    clean = baselines.max_softmax_score(model, x)
+    near = attacks.carlini_wagner(model, x, confidence=0.0, binary_steps=3, steps=50)
+    far = attacks.carlini_wagner(model, x, confidence=8.0, binary_steps=3, steps=50)
+    auc_near = metrics.detection_metrics(clean, baselines.max_softmax_score(model, near.adversarial[near.success])).auc
+    auc_far = metrics.detection_metrics(clean, baselines.max_softmax_score(model, far.adversarial[far.success])).auc
+    assert auc_near > 0.9 and auc_far < auc_near
+    fs = baselines.feature_squeezing_score(model, x)
+    assert fs.score.shape == (60,) and bool((fs.score >= 0).all() & (fs.score <= 2).all())
