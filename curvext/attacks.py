@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from curvext._model_checks import check_images, require_eval
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AttackResult", "pgd", "carlini_wagner", "deepfool", "perturbation_norms", "NORMS"]
@@ -65,16 +67,8 @@ def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def _check_inputs(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be floating point, got {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x has non-finite values")
-    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        raise ValueError(f"x must lie in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}]")
-    if isinstance(model, nn.Module) and model.training:
-        raise ValueError("model is in train mode; call model.eval() before attacking")
+    check_images(x)
+    require_eval(model)
     if labels is None:
         with torch.no_grad():
             return model(x).argmax(1)
@@ -201,7 +195,7 @@ def carlini_wagner(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | Non
             loss.backward()
             opt.step()
             with torch.no_grad():
-                ok = margin >= confidence
+                ok = (margin > 0) & (margin >= confidence)  # a tie (margin 0) is not a success
                 better = ok & (l2sq < best_l2)
                 best_l2 = torch.where(better, l2sq, best_l2)
                 best = torch.where(better.view(shape), adv.detach(), best)

@@ -19,23 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curvext._model_checks import check_images, require_eval
+
 __all__ = ["max_softmax_score", "bit_depth_reduce", "median_filter_2x2", "FeatureSqueezing",
            "feature_squeezing_score"]
 
 
-def _check(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating (B, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x has non-finite values")
-    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        raise ValueError(f"x must lie in [0, 1], got range [{float(x.min()):.4g}, {float(x.max()):.4g}]")
-
-
 @torch.no_grad()
 def _softmax(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    if isinstance(model, nn.Module) and model.training:
-        raise ValueError("model is in train mode; call model.eval() first")
+    require_eval(model)
     return torch.cat([F.softmax(model(x[i:i + batch_size]).float(), dim=1)
                       for i in range(0, x.shape[0], batch_size)])
 
@@ -43,7 +35,7 @@ def _softmax(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
 def max_softmax_score(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
     """``1 − max softmax probability`` per image, ``(B,)`` in ``[0, 1 − 1/L]``; higher = less
     confident = more likely perturbed."""
-    _check(x)
+    check_images(x)
     return 1.0 - _softmax(model, x, batch_size).amax(1)
 
 
@@ -87,7 +79,7 @@ def feature_squeezing_score(model: nn.Module, x: torch.Tensor, *, bits: int = 1,
                             batch_size: int = 512) -> FeatureSqueezing:
     """Feature squeezing with bit-depth reduction to ``bits`` bits (default 1: Xu et al.'s
     setting for MNIST; use 4-5 for natural images) and a 2x2 median filter."""
-    _check(x)
+    check_images(x)
     p = _softmax(model, x, batch_size)
     d_bits = (p - _softmax(model, bit_depth_reduce(x, bits), batch_size)).abs().sum(1)
     d_med = (p - _softmax(model, median_filter_2x2(x), batch_size)).abs().sum(1)

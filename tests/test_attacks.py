@@ -76,7 +76,7 @@ def test_cw_reaches_margin_with_small_l2(setup):
 
 def test_bad_inputs(setup):
     model, x, y = setup
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError, match="input range"):
         attacks.pgd(model, x * 2, y, eps=0.1)
     with pytest.raises(ValueError, match="norm"):
         attacks.pgd(model, x, y, eps=0.1, norm="l1")
@@ -88,7 +88,7 @@ def test_bad_inputs(setup):
         attacks.carlini_wagner(model, x, y, confidence=-1.0)
     model.train()
     try:
-        with pytest.raises(ValueError, match="train mode"):
+        with pytest.raises(ValueError, match="eval mode"):
             attacks.pgd(model, x, y, eps=0.1)
     finally:
         model.eval()

@@ -75,9 +75,9 @@ def test_feature_squeezing_hand_computed():
 
 def test_bad_inputs():
     m = _FixedLogits().eval()
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ValueError, match="input range"):
         baselines.max_softmax_score(m, torch.full((1, 1, 2, 2), 2.0))
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="finite"):
         baselines.feature_squeezing_score(m, torch.full((1, 1, 2, 2), math.nan))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         baselines.max_softmax_score(m, torch.zeros(2, 2))
