@@ -74,6 +74,15 @@ def test_cw_reaches_margin_with_small_l2(setup):
     assert float(low.norms[both].median()) < float(res.norms[both].median())
 
 
+def test_cw_binary_search_raises_too_small_c(setup):
+    """With c far too small one round fails everywhere; the search multiplies c by 10 per round
+    until the margin is reached."""
+    model, x, y = setup
+    one = attacks.carlini_wagner(model, x, y, confidence=3.0, c=0.01, binary_steps=1, steps=60)
+    four = attacks.carlini_wagner(model, x, y, confidence=3.0, c=0.01, binary_steps=4, steps=60)
+    assert one.success_rate < 0.2 and four.success_rate >= 0.95
+
+
 def test_bad_inputs(setup):
     model, x, y = setup
     with pytest.raises(ValueError, match="input range"):
