@@ -117,6 +117,33 @@ def test_deepfool_wrapper(setup):
     assert float(res.norms[res.success].median()) < float(pgd.norms[pgd.success].median())
 
 
+def test_deepfool_adapter_with_stub(setup, monkeypatch):
+    """The wrapper's own logic (argument passing, finding the perturbed points, clamping,
+    success) against a stand-in geometry module that returns a PGD point as its 'x_adv'."""
+    import dataclasses
+    import sys
+    import types
+
+    model, x, y = setup
+    target = attacks.pgd(model, x, y, eps=2.0, norm="l2", steps=20)
+    calls = {}
+
+    @dataclasses.dataclass(frozen=True)
+    class Stub:
+        r: torch.Tensor
+        x_adv: torch.Tensor
+
+    def fake(m, xx, *, overshoot, max_iter, num_classes):
+        calls.update(overshoot=overshoot, max_iter=max_iter, num_classes=num_classes)
+        return Stub(target.adversarial - xx, target.adversarial + 0.5)  # outside [0, 1] on purpose
+
+    monkeypatch.setitem(sys.modules, "curvext.geometry.deepfool", types.SimpleNamespace(deepfool=fake))
+    res = attacks.deepfool(model, x, y, overshoot=0.05, max_iter=7, num_classes=4)
+    assert calls == dict(overshoot=0.05, max_iter=7, num_classes=4)
+    _check_result(model, x, res, "l2")
+    torch.testing.assert_close(res.adversarial, (target.adversarial + 0.5).clamp(0, 1))
+
+
 # --- cross-checks against torchattacks -------------------------------------------------------
 # Without a random start our PGD and torchattacks' are the same algorithm (signed/normalised step,
 # projection, clamp), so they must agree image for image, except where a gradient entry is an
