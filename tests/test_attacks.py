@@ -144,6 +144,21 @@ def test_deepfool_adapter_with_stub(setup, monkeypatch):
     torch.testing.assert_close(res.adversarial, (target.adversarial + 0.5).clamp(0, 1))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(setup):
+    """Random starts are drawn on the CPU, so a CUDA run follows the CPU one up to float
+    differences of the kernels (a few images may part at clamps; rates within 2 of 60)."""
+    model, x, y = setup
+    cpu = attacks.pgd(model, x, y, eps=0.1, steps=10, seed=5)
+    gpu_model = zoo.build("lenet", "relu", "digits")
+    gpu_model.load_state_dict(model.state_dict())
+    gpu = attacks.pgd(gpu_model.eval().cuda(), x.cuda(), y.cuda(), eps=0.1, steps=10, seed=5)
+    assert gpu.adversarial.is_cuda and gpu.success.is_cuda
+    assert abs(gpu.success_rate - cpu.success_rate) <= 2 / 60 + 1e-9
+    same = ((gpu.adversarial.cpu() - cpu.adversarial).flatten(1).abs().amax(1) < 1e-4).float().mean()
+    assert float(same) >= 0.9
+
+
 # --- cross-checks against torchattacks -------------------------------------------------------
 # Without a random start our PGD and torchattacks' are the same algorithm (signed/normalised step,
 # projection, clamp), so they must agree image for image, except where a gradient entry is an
