@@ -191,8 +191,7 @@ def carlini_wagner(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | Non
             l2sq = (adv - x0).flatten(1).pow(2).sum(1)
             margin = _margin(model(adv), labels)
             loss = (l2sq + const * torch.clamp(-margin, min=-confidence)).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (w.grad,) = torch.autograd.grad(loss, w)  # not loss.backward(): leave the model's .grad alone
             opt.step()
             with torch.no_grad():
                 ok = (margin > 0) & (margin >= confidence)  # a tie (margin 0) is not a success

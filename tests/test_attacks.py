@@ -83,6 +83,15 @@ def test_cw_binary_search_raises_too_small_c(setup):
     assert one.success_rate < 0.2 and four.success_rate >= 0.95
 
 
+def test_model_parameters_untouched(setup):
+    model, x, y = setup
+    before = [p.detach().clone() for p in model.parameters()]
+    attacks.pgd(model, x[:8], y[:8], eps=0.1, steps=3)
+    attacks.carlini_wagner(model, x[:8], y[:8], binary_steps=1, steps=3)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
 def test_bad_inputs(setup):
     model, x, y = setup
     with pytest.raises(ValueError, match="input range"):
