@@ -196,6 +196,7 @@ def _fit(model: nn.Module, ds: _data.Dataset, cfg: TrainConfig, gen: torch.Gener
             total += float(loss.detach()) * idx.numel()
         sched.step()
         logger.debug("epoch %d/%d: loss %.4f", epoch + 1, cfg.epochs, total / n)
+    opt.zero_grad(set_to_none=True)  # hand back a model without stale .grad tensors
     model.eval()
 
 

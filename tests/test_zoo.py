@@ -57,6 +57,7 @@ def test_build_rejects_bad_names():
 def test_train_learns_and_is_eval(quick):
     assert quick.test_accuracy > 0.8  # 4 epochs on digits; chance is 0.1
     assert not quick.model.training and not quick.from_cache
+    assert all(p.grad is None for p in quick.model.parameters())
     assert quick.path.is_file() and quick.path.name.startswith("lenet-relu-digits-s1-")
 
 
