@@ -120,37 +120,12 @@ def test_deepfool_wrapper(setup):
         return
     res = attacks.deepfool(model, x, y, overshoot=0.02, max_iter=50, num_classes=10)
     _check_result(model, x, res, "l2")
-    assert res.success_rate >= 0.9
+    assert res.success_rate >= 0.95
+    # one round: DeepFool's unclamped point, clamped to [0, 1], mostly falls back inside
+    assert attacks.deepfool(model, x, y, clip_rounds=1).success_rate < res.success_rate
     # minimal: smaller than an l2 PGD that succeeds as often
     pgd = attacks.pgd(model, x, y, eps=2.0, norm="l2", steps=20)
     assert float(res.norms[res.success].median()) < float(pgd.norms[pgd.success].median())
-
-
-def test_deepfool_adapter_with_stub(setup, monkeypatch):
-    """The wrapper's own logic (argument passing, finding the perturbed points, clamping,
-    success) against a stand-in geometry module that returns a PGD point as its 'x_adv'."""
-    import dataclasses
-    import sys
-    import types
-
-    model, x, y = setup
-    target = attacks.pgd(model, x, y, eps=2.0, norm="l2", steps=20)
-    calls = {}
-
-    @dataclasses.dataclass(frozen=True)
-    class Stub:
-        r: torch.Tensor
-        x_adv: torch.Tensor
-
-    def fake(m, xx, *, overshoot, max_iter, num_classes):
-        calls.update(overshoot=overshoot, max_iter=max_iter, num_classes=num_classes)
-        return Stub(target.adversarial - xx, target.adversarial + 0.5)  # outside [0, 1] on purpose
-
-    monkeypatch.setitem(sys.modules, "curvext.geometry.deepfool", types.SimpleNamespace(deepfool=fake))
-    res = attacks.deepfool(model, x, y, overshoot=0.05, max_iter=7, num_classes=4)
-    assert calls == dict(overshoot=0.05, max_iter=7, num_classes=4)
-    _check_result(model, x, res, "l2")
-    torch.testing.assert_close(res.adversarial, (target.adversarial + 0.5).clamp(0, 1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
