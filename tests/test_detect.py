@@ -63,9 +63,10 @@ def test_same_seed_same_rho_regardless_of_batching():
 def test_calibrate_and_detect_follow_orientation():
     model = SmoothNet(torch.nn.Softplus()).eval()
     x = torch.rand(40, 1, 4, 4, dtype=torch.float64)
-    det = CurvatureDetector(model, num_directions=4, method="autograd").calibrate(x, fpr=0.1)
+    det = CurvatureDetector(model, num_directions=4, method="autograd", orientation="auto").calibrate(x, fpr=0.1)
     rho = det.score(x).rho
     assert det.orientation == ("higher" if float(rho.median()) < 0 else "lower")
+    assert CurvatureDetector(model, num_directions=4, method="autograd").calibrate(x).orientation == "higher"
     flagged = det.detect(x).perturbed
     # 10% false positives on the calibration set itself (quantile threshold, ties aside).
     assert abs(float(flagged.double().mean()) - 0.1) <= 0.05

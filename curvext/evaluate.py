@@ -1,0 +1,210 @@
+"""Evaluation of Algorithm 2 against real attacks, next to training-free baselines (SPEC §5).
+
+For a model and correctly classified test images: score the clean images, attack them with each
+attack, keep the successful adversarial images, and report per attack and per score (curvext's
+rho, max-softmax, feature squeezing): detection AUC, accuracy at the best threshold, TPR at 5%
+FPR, and for curvext the label-recovery accuracy. The curvature orientation is read from clean
+data alone (see :mod:`curvext.detect`) and reported.
+
+Resumable: with ``out_dir``, each attack's adversarial images and scores are saved as soon as
+they are computed (``<out_dir>/cache/<attack>-<key>.pt``) and reused by a rerun with the same
+settings, so a killed run loses at most the attack in progress.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from curvext import attacks as _attacks
+from curvext import baselines, metrics
+from curvext.detect import CurvatureDetector
+
+logger = logging.getLogger(__name__)
+
+AttackFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], "_attacks.AttackResult"]
+
+
+def attack_suite(*, eps_linf: float = 0.1, eps_l2: float = 1.0, cw_confidence: float = 5.0,
+                 pgd_steps: int = 40, cw_steps: int = 100, seed: int = 0) -> dict[str, AttackFn]:
+    """The protocol's attacks: DeepFool (minimal l2), PGD l-inf and l2, CW l2 with margin kappa."""
+    return {
+        "deepfool": lambda m, x, y: _attacks.deepfool(m, x, y, overshoot=0.02, max_iter=50),
+        "pgd-linf": lambda m, x, y: _attacks.pgd(m, x, y, eps=eps_linf, norm="linf", steps=pgd_steps, seed=seed),
+        "pgd-l2": lambda m, x, y: _attacks.pgd(m, x, y, eps=eps_l2, norm="l2", steps=pgd_steps, seed=seed),
+        f"cw-l2-k{cw_confidence:g}": lambda m, x, y: _attacks.carlini_wagner(
+            m, x, y, confidence=cw_confidence, steps=cw_steps),
+    }
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One (attack, score) line of the report; metrics are NaN when an attack never succeeded."""
+
+    attack: str
+    score: str
+    n_perturbed: int
+    success_rate: float
+    median_norm: float
+    auc: float
+    accuracy: float
+    tpr_at_fpr: float
+    recovery: float  # curvext only: share of perturbed images given back their original label
+    perturbed_other_sign: float  # curvext only: share of perturbed images with rho >= 0
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """rows: one per attack and score; orientation used; clean_sign_share = share of clean images
+    with rho < 0 (the paper's "clean" sign)."""
+
+    rows: list
+    orientation: str
+    clean_sign_share: float
+    n_clean: int
+    settings: dict = field(default_factory=dict)
+    rho_clean: np.ndarray | None = None
+    rho_perturbed: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        """Markdown table of all rows."""
+        head = ("| attack | success | median norm | score | AUC | acc@best | TPR@5%FPR | recovery |\n"
+                "|---|---:|---:|---|---:|---:|---:|---:|")
+        lines = [head]
+        for r in self.rows:
+            rec = "" if np.isnan(r.recovery) else f"{100 * r.recovery:.1f}%"
+            lines.append(f"| {r.attack} | {100 * r.success_rate:.0f}% | {r.median_norm:.3f} | {r.score} | "
+                         f"{r.auc:.3f} | {100 * r.accuracy:.1f}% | {100 * r.tpr_at_fpr:.1f}% | {rec} |")
+        return "\n".join(lines)
+
+    def dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([r.__dict__ for r in self.rows])
+
+
+def _key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _cached(path: Path | None, compute: Callable[[], dict]) -> dict:
+    if path is not None and path.is_file():
+        logger.info("reusing %s", path)
+        return torch.load(path, weights_only=False)
+    out = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(out, tmp)
+        os.replace(tmp, path)  # atomic: a killed run never leaves half a file
+    return out
+
+
+def _scores(model, detector: CurvatureDetector, x: torch.Tensor) -> dict:
+    s = detector.score(x)
+    return {
+        "rho": s.rho.double().cpu(),
+        "per_class": s.per_class.double().cpu(),
+        "predicted": s.predicted.cpu(),
+        "max-softmax": baselines.max_softmax_score(model, x).double().cpu(),
+        "feature-squeezing": baselines.feature_squeezing_score(model, x).score.double().cpu(),
+    }
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+             detector: CurvatureDetector, attacks: dict[str, AttackFn] | None = None, fpr: float = 0.05,
+             out_dir: str | os.PathLike | None = None, settings: dict | None = None,
+             progress: bool = True) -> EvaluationReport:
+    """Run the protocol on ``images (N, C, H, W)`` in [0, 1] with true ``labels (N,)``.
+
+    Only correctly classified images are attacked. ``settings`` (JSON-able) identify the run in
+    the cache key together with the images; pass everything that changes the results.
+    """
+    from tqdm.auto import tqdm
+
+    attacks = attack_suite() if attacks is None else attacks
+    with torch.no_grad():
+        keep = model(images).argmax(1) == labels
+    x, y = images[keep], labels[keep]
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 correctly classified images, got {x.shape[0]}")
+    settings = dict(settings or {})
+    settings.update(n=int(x.shape[0]), digest=hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest()[:12],
+                    method=detector.method, h=detector.h, T=detector.num_directions, K=detector.classes,
+                    estimator=detector.estimator, seed=detector.seed)
+    key = _key(settings)
+    cache = None if out_dir is None else Path(out_dir) / "cache"
+    clean = _cached(None if cache is None else cache / f"clean-{key}.pt", lambda: _scores(model, detector, x))
+    rho_c = clean["rho"].numpy()
+    orientation = detector.resolve_orientation(torch.from_numpy(rho_c))
+    sign = 1.0 if orientation == "higher" else -1.0
+    clean_sign_share = float(np.mean(rho_c < 0))  # the paper's "clean sign": negative curvature
+    rows, rho_perturbed = [], {}
+    bar = tqdm(attacks.items(), desc="attacks", disable=not progress)
+    for name, fn in bar:
+        bar.set_postfix_str(name)
+
+        def run(fn=fn):
+            res = fn(model, x, y)
+            adv = res.adversarial[res.success]
+            out = {"success": res.success.cpu(), "norms": res.norms.double().cpu()}
+            out.update(_scores(model, detector, adv) if adv.shape[0] else {})
+            return out
+
+        r = _cached(None if cache is None else cache / f"{name}-{key}.pt", run)
+        rows.extend(_rows(name, r, clean, y, sign, fpr))
+        if "rho" in r:
+            rho_perturbed[name] = r["rho"].numpy()
+    return EvaluationReport(rows, orientation, clean_sign_share, int(x.shape[0]), settings, rho_c, rho_perturbed)
+
+
+def _rows(name, r, clean, y, sign, fpr) -> list:
+    success = r["success"]
+    n = int(success.sum())
+    rate = float(success.double().mean())
+    med = float(r["norms"][success].median()) if n else float("nan")
+    nan = float("nan")
+    if n == 0:
+        return [ScoreRow(name, s, 0, rate, med, nan, nan, nan, nan, nan)
+                for s in ("curvext", "max-softmax", "feature-squeezing")]
+    rho_c, rho_p = sign * clean["rho"].numpy(), sign * r["rho"].numpy()
+    m = metrics.detection_metrics(rho_c, rho_p, fpr=fpr)
+    flagged = rho_p >= m.threshold
+    per_class = r["per_class"]
+    filled = torch.nan_to_num(per_class, nan=-float("inf") if sign > 0 else float("inf"))
+    candidate = (filled.argmax(1) if sign > 0 else filled.argmin(1)).numpy()
+    final = np.where(flagged, candidate, r["predicted"].numpy())
+    original = y[success].cpu().numpy()
+    recovery = float(np.mean(final == original))
+    rows = [ScoreRow(name, "curvext", n, rate, med, m.auc, m.accuracy, m.tpr_at_fpr, recovery,
+                     float(np.mean(r["rho"].numpy() >= 0)))]
+    for score in ("max-softmax", "feature-squeezing"):
+        mb = metrics.detection_metrics(clean[score].numpy(), r[score].numpy(), fpr=fpr)
+        rows.append(ScoreRow(name, score, n, rate, med, mb.auc, mb.accuracy, mb.tpr_at_fpr, nan, nan))
+    return rows
+
+
+def write_outputs(report: EvaluationReport, out_dir: str | os.PathLike, prefix: str = "eval") -> list[Path]:
+    """Markdown, CSV and Parquet tables, the ROC plot and the rho histogram; returns the paths."""
+    from curvext import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{prefix}.md", out / f"{prefix}.csv", out / f"{prefix}.parquet",
+             out / f"{prefix}-roc.png", out / f"{prefix}-rho-hist.png"]
+    header = (f"clean images: {report.n_clean}; perturbed expected **{report.orientation}**; clean "
+              f"images with rho < 0 (the paper's clean sign): {100 * report.clean_sign_share:.1f}%\n\n")
+    paths[0].write_text(header + report.table() + "\n")
+    df = report.dataframe()
+    df.to_csv(paths[1], index=False)
+    df.to_parquet(paths[2], index=False)
+    plots.roc_curves(report, paths[3])
+    plots.rho_histogram(report, paths[4])
+    return paths

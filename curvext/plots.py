@@ -1,0 +1,54 @@
+"""Figures (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_curves(report, path) -> None:
+    """ROC of curvext's oriented rho for every attack (clean = negatives)."""
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    sign = 1.0 if report.orientation == "higher" else -1.0
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, rho_p in report.rho_perturbed.items():
+        y = np.r_[np.zeros(len(report.rho_clean)), np.ones(len(rho_p))]
+        fpr, tpr, _ = roc_curve(y, sign * np.r_[report.rho_clean, rho_p])
+        auc = next((r.auc for r in report.rows if r.attack == name and r.score == "curvext"), float("nan"))
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false-positive rate (clean flagged)")
+    ax.set_ylabel("true-positive rate (perturbed flagged)")
+    ax.set_title(f"curvext rho, perturbed expected {report.orientation}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def rho_histogram(report, path) -> None:
+    """Histogram of rho for clean images and each attack's perturbed images."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    everything = np.concatenate([report.rho_clean] + list(report.rho_perturbed.values()))
+    lo, hi = np.percentile(everything, [1, 99])
+    bins = np.linspace(lo, hi, 50)
+    ax.hist(report.rho_clean, bins=bins, alpha=0.6, density=True, label="clean", color="k")
+    for name, rho_p in report.rho_perturbed.items():
+        ax.hist(rho_p, bins=bins, alpha=0.4, density=True, label=name, histtype="stepfilled")
+    ax.axvline(0.0, color="gray", lw=0.8)
+    ax.set_xlabel("rho (mean normal curvature of f_i - f_khat)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
