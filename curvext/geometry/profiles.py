@@ -1,0 +1,103 @@
+"""Principal-curvature profiles at decision-boundary points (the paper's Fig. 5b)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from curvext.geometry.deepfool import deepfool
+from curvext.linalg import lanczos
+from curvext.operators import CurvatureOperator
+
+
+@dataclass(frozen=True)
+class CurvatureProfile:
+    """Principal curvatures of B boundaries (sign convention: SPEC §1, see curvext.operators).
+
+    values: ``(B, m)`` ascending: the k most negative then the k most positive (m = 2k), or the
+        whole tangent spectrum (m = d - 1) with ``full=True``.
+    vectors: ``(B, m, *shape)`` unit principal directions, or None.
+    points: ``(B, *shape)`` where the curvature was measured.
+    cls, base: ``(B,)`` the pair, ``F = f_cls - f_base`` (base = the image's own label).
+    grad_norm: ``(B,)`` ``||grad F||`` at the points.
+    converged: ``(B, m)`` bool (all True for dense spectra). steps: ``(B,)`` operator applications.
+    """
+
+    values: torch.Tensor
+    vectors: torch.Tensor | None
+    points: torch.Tensor
+    cls: torch.Tensor
+    base: torch.Tensor
+    grad_norm: torch.Tensor
+    converged: torch.Tensor
+    steps: torch.Tensor
+
+
+def curvature_points(model, x, *, at: str = "boundary", pair=None, boundary_fraction: float = 1.0,
+                     num_classes: int = 10):
+    """Where to measure and which pair: ``(points, cls, base)``.
+
+    at="boundary": DeepFool boundary points ``x + fraction * r``, pair (label across the
+    boundary, original label). at="input": x itself, pair given as ``(cls, base)`` tensors or
+    the runner-up class against the predicted one.
+    """
+    if at not in ("boundary", "input"):
+        raise ValueError(f"at must be 'boundary' or 'input', got {at!r}")
+    if at == "boundary":
+        df = deepfool(model, x, num_classes=num_classes)
+        return (x + boundary_fraction * df.perturbation).detach(), df.labels, df.original
+    if pair is not None:
+        cls, base = pair
+        return x, cls, base
+    with torch.no_grad():
+        top2 = model(x).topk(2, dim=1).indices
+    return x, top2[:, 1], top2[:, 0]
+
+
+def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boundary", method: str = "autograd",
+                         h: float | None = None, pair=None, full: bool = False, vectors: bool = False,
+                         boundary_fraction: float = 1.0, tol: float = 1e-4, max_steps: int | None = None,
+                         seed: int = 0) -> CurvatureProfile:
+    """The k most positive and k most negative principal curvatures of every image's boundary.
+
+    Args:
+        model: classifier in eval mode. x: ``(B, C, H, W)`` images.
+        k: curvatures from each end (Lanczos "BE" with 2k values).
+        at, pair, boundary_fraction: see :func:`curvature_points`.
+        method, h: "autograd" (exact, smooth nets) or "fd" at scale h (ReLU nets).
+        full: the whole tangent spectrum from the dense operator (d operator applications per
+            image: small d only).
+        vectors: also return principal directions.
+        tol, max_steps, seed: Lanczos settings (:func:`curvext.lanczos`).
+    """
+    points, cls, base = curvature_points(model, x, at=at, pair=pair, boundary_fraction=boundary_fraction)
+    G = CurvatureOperator(model, points, cls, base, method=method, h=h)
+    B = x.shape[0]
+    d = points[0].numel()
+    if full:
+        return _dense_profile(G, points, cls, base, vectors)
+    if not isinstance(k, int) or k < 1 or 2 * k > d - 1:
+        raise ValueError(f"k must be an int with 1 <= 2k <= d - 1 = {d - 1}, got {k!r}")
+    g = torch.Generator().manual_seed(seed)
+    v0 = torch.randn(points.shape, generator=g, dtype=torch.float64).to(points)
+    v0 = G.tangent(v0, torch.arange(B, device=points.device))  # stays in the tangent space
+    res = lanczos(G, v0, k=2 * k, which="BE", tol=tol, max_steps=max_steps, vectors=vectors, seed=seed)
+    return CurvatureProfile(res.eigenvalues, res.eigenvectors, points, cls, base, G.grad_norm,
+                            res.converged, res.steps)
+
+
+def _dense_profile(G: CurvatureOperator, points, cls, base, vectors) -> CurvatureProfile:
+    M = G.dense()
+    w, Q = torch.linalg.eigh(M)  # (B, d), (B, d, d)
+    n = G.normal.flatten(1)
+    drop = (n.unsqueeze(2) * Q).sum(1).abs().argmax(1)  # the eigenvector along the normal
+    B, d = w.shape
+    keep = torch.ones(B, d, dtype=torch.bool, device=w.device)
+    keep[torch.arange(B), drop] = False
+    values = w[keep].reshape(B, d - 1)
+    vecs = None
+    if vectors:
+        vecs = Q.transpose(1, 2)[keep].reshape((B, d - 1) + tuple(points.shape[1:]))
+    steps = torch.full((B,), d, dtype=torch.long)
+    return CurvatureProfile(values, vecs, points, cls, base, G.grad_norm,
+                            torch.ones_like(values, dtype=torch.bool), steps)

@@ -1,0 +1,94 @@
+"""The curvature operator of a decision boundary: ``G = P H P / ||grad F||``.
+
+For ``F = f_a - f_c`` at x (``a`` a competing class, ``c`` the point's own class khat), with
+``g = grad F``, unit normal ``n = g / ||g||`` (pointing out of the point's own region, toward
+class a) and tangent projector ``P = I - n n^T``, the eigenvalues of G on the tangent space are
+the principal curvatures of the level set of F through x. Sign convention (SPEC §1): positive
+where the point's own region is locally convex (for a ball of radius R of class c,
+``F = |x|^2 - R^2``, every principal curvature is +1/R), negative where the boundary bulges into
+the region. The normal direction is an exact zero of G and is excluded from reported spectra by
+working in the tangent space.
+"""
+from __future__ import annotations
+
+import torch
+
+from curvext.hvp import InputHessian
+
+
+class CurvatureOperator:
+    """Batched ``G_b = P_b H_b P_b / ||g_b||``, optionally restricted to a subspace.
+
+    Args:
+        model, x, a, c, method, h: as for :class:`curvext.hvp.InputHessian` (``F = f_a - f_c``).
+        basis: optional orthonormal ``U`` of shape ``(d, r)`` (shared) or ``(B, d, r)``: the
+            operator then acts on coefficients, ``U^T G U``, vectors of shape ``(b, r)``.
+
+    Calling ``G(V, index)`` follows :func:`curvext.lanczos`'s ``op(V, index)`` convention.
+
+    Attributes:
+        hessian: the underlying :class:`InputHessian`. grad_norm: ``(B,)``. normal: ``(B, *shape)``.
+    """
+
+    def __init__(self, model, x, a, c, *, method: str = "autograd", h: float | None = None,
+                 basis: torch.Tensor | None = None):
+        if method == "fd2":
+            raise ValueError("CurvatureOperator needs Hessian-vector products: method 'autograd' or 'fd'")
+        self.hessian = InputHessian(model, x, a, c, method=method, h=h)
+        g = self.hessian.grad
+        self.shape = tuple(x.shape[1:])
+        flat = g.flatten(1)
+        self.grad_norm = flat.norm(dim=1)
+        if bool((self.grad_norm == 0).any()):
+            bad = (self.grad_norm == 0).nonzero().flatten().tolist()
+            raise ValueError(f"grad F is zero at sample(s) {bad[:10]}: no boundary normal there")
+        self.normal = (flat / self.grad_norm.unsqueeze(1)).reshape(g.shape)
+        d = flat.shape[1]
+        if basis is not None:
+            if basis.dim() == 2:
+                basis = basis.unsqueeze(0).expand(x.shape[0], *basis.shape)
+            if basis.dim() != 3 or basis.shape[0] != x.shape[0] or basis.shape[1] != d:
+                raise ValueError(f"basis must be (d, r) or (B, d, r) with d = {d}, got {tuple(basis.shape)}")
+            basis = basis.to(dtype=x.dtype, device=x.device)
+        self.basis = basis
+
+    def tangent(self, V: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``P V``: remove each row's component along its sample's normal."""
+        n = self.normal[index].flatten(1)
+        flat = V.flatten(1)
+        return (flat - (flat * n).sum(1, keepdim=True) * n).reshape(V.shape)
+
+    def __call__(self, V: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if self.basis is not None:
+            U = self.basis[index]  # (b, d, r)
+            full = torch.bmm(U, V.unsqueeze(2)).squeeze(2).reshape((V.shape[0],) + self.shape)
+            out = self._apply(full, index)
+            return torch.bmm(U.transpose(1, 2), out.flatten(1).unsqueeze(2)).squeeze(2)
+        return self._apply(V, index)
+
+    def _apply(self, V, index):
+        u = self.tangent(V, index)
+        hu = self.hessian(u, index)
+        shape = (-1,) + (1,) * (V.dim() - 1)
+        return self.tangent(hu, index) / self.grad_norm[index].view(shape)
+
+    def dense(self, chunk: int = 256) -> torch.Tensor:
+        """The full matrix ``(B, d, d)`` (or ``(B, r, r)`` on a subspace), column by column:
+        d operator applications per sample. For small d (references, tests)."""
+        B = self.grad_norm.shape[0]
+        dim = self.basis.shape[2] if self.basis is not None else self.normal[0].numel()
+        dtype, device = self.normal.dtype, self.normal.device
+        eye = torch.eye(dim, dtype=dtype, device=device)
+        cols = []
+        index_all = torch.arange(B, device=device)
+        for j0 in range(0, dim, chunk):
+            block = eye[j0 : j0 + chunk]  # (t, dim)
+            t = block.shape[0]
+            idx = index_all.repeat_interleave(t)
+            V = block.repeat(B, 1)
+            if self.basis is None:
+                V = V.reshape((B * t,) + self.shape)
+            out = self(V, idx).reshape(B, t, dim)
+            cols.append(out)
+        G = torch.cat(cols, dim=1).transpose(1, 2)
+        return 0.5 * (G + G.transpose(1, 2))

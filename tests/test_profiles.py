@@ -1,0 +1,56 @@
+"""curvext.geometry.profiles: Lanczos principal curvatures against dense spectra."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from curvext import data, zoo
+from curvext.geometry.profiles import principal_curvatures
+from tests.test_quadratic_forms import Quadratic
+
+
+def test_quadratic_classifier_boundary_profile_matches_closed_form():
+    model = Quadratic(L=3, d=30, seed=1).eval()
+    x = torch.randn(4, 1, 5, 6, dtype=torch.float64)
+    k = 3
+    prof = principal_curvatures(model, x, k=k, at="boundary", tol=1e-10, vectors=True)
+    dense = principal_curvatures(model, x, at="boundary", full=True)
+    # Closed form at the same boundary points: eigenvalues of P H P / |g| on the tangent space.
+    z = prof.points.reshape(4, -1)
+    for b in range(4):
+        a, c = prof.cls[b], prof.base[b]
+        H = model.A[a] - model.A[c]
+        g = H @ z[b] + model.b[a] - model.b[c]
+        n = g / g.norm()
+        Q = torch.linalg.qr(torch.cat([n[:, None], torch.randn(30, 29, dtype=torch.float64)], 1))[0][:, 1:]
+        ref = torch.linalg.eigvalsh(Q.T @ H @ Q / g.norm())  # tangent space only: 29 values
+        torch.testing.assert_close(dense.values[b], ref, rtol=0, atol=1e-10)
+        want = torch.cat([ref[:k], ref[-k:]])
+        torch.testing.assert_close(prof.values[b], want, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    assert prof.converged.all()
+    # Directions are unit and tangent.
+    v = prof.vectors.reshape(4, 2 * k, -1)
+    n = (lambda g: g / g.norm(dim=1, keepdim=True))(torch.stack([
+        (model.A[prof.cls[b]] - model.A[prof.base[b]]) @ z[b] + model.b[prof.cls[b]] - model.b[prof.base[b]]
+        for b in range(4)]))
+    assert float((v * n[:, None]).sum(2).abs().max()) < 1e-8
+
+
+@pytest.mark.parametrize("at", ["input", "boundary"])
+def test_small_cnn_on_digits_lanczos_matches_dense(at):
+    model = zoo.train("lenet", "smooth", "digits").model.double().eval()
+    x = data.load_digits("test").images[:3].double()
+    prof = principal_curvatures(model, x, k=4, at=at, tol=1e-10)
+    dense = principal_curvatures(model, x, at=at, full=True)
+    assert dense.values.shape == (3, 63)  # d = 64 minus the normal
+    want = torch.cat([dense.values[:, :4], dense.values[:, -4:]], 1)
+    scale = dense.values.abs().amax(1, keepdim=True)
+    assert ((prof.values - want).abs() <= 1e-6 * scale).all()
+
+
+def test_bad_k():
+    model = Quadratic(L=3, d=10).eval()
+    with pytest.raises(ValueError, match="k must be an int"):
+        principal_curvatures(model, torch.randn(2, 1, 2, 5, dtype=torch.float64), k=5, at="input")
+    with pytest.raises(ValueError, match="at must be"):
+        principal_curvatures(model, torch.randn(2, 1, 2, 5, dtype=torch.float64), at="middle")
