@@ -25,7 +25,7 @@ import torch
 
 from curvext import attacks as _attacks
 from curvext import baselines, metrics
-from curvext.detect import CurvatureDetector
+from curvext.detect import CurvatureDetector, recovered_labels
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     cache = None if out_dir is None else Path(out_dir) / "cache"
     clean = _cached(None if cache is None else cache / f"clean-{key}.pt", lambda: _scores(model, detector, x))
     rho_c = clean["rho"].numpy()
-    orientation = detector.resolve_orientation(torch.from_numpy(rho_c))
+    orientation = _cached(None if cache is None else cache / f"orientation-{key}.pt",
+                          lambda: {"o": detector.resolve_orientation(x, torch.from_numpy(rho_c))})["o"]
     sign = 1.0 if orientation == "higher" else -1.0
     clean_sign_share = float(np.mean(rho_c < 0))  # the paper's "clean sign": negative curvature
     rows, rho_perturbed = [], {}
@@ -177,9 +178,7 @@ def _rows(name, r, clean, y, sign, fpr) -> list:
     rho_c, rho_p = sign * clean["rho"].numpy(), sign * r["rho"].numpy()
     m = metrics.detection_metrics(rho_c, rho_p, fpr=fpr)
     flagged = rho_p >= m.threshold
-    per_class = r["per_class"]
-    filled = torch.nan_to_num(per_class, nan=-float("inf") if sign > 0 else float("inf"))
-    candidate = (filled.argmax(1) if sign > 0 else filled.argmin(1)).numpy()
+    candidate = recovered_labels(r["per_class"]).numpy()
     final = np.where(flagged, candidate, r["predicted"].numpy())
     original = y[success].cpu().numpy()
     recovery = float(np.mean(final == original))

@@ -66,13 +66,17 @@ def test_calibrate_and_detect_follow_orientation():
     det = CurvatureDetector(model, num_directions=4, method="autograd", orientation="auto").calibrate(x, fpr=0.1)
     rho = det.score(x).rho
     assert det.orientation == ("higher" if float(rho.median()) < 0 else "lower")
-    assert CurvatureDetector(model, num_directions=4, method="autograd").calibrate(x).orientation == "higher"
+    assert CurvatureDetector(model, num_directions=4, method="autograd", orientation="higher").calibrate(x).orientation == "higher"
     flagged = det.detect(x).perturbed
     # 10% false positives on the calibration set itself (quantile threshold, ties aside).
     assert abs(float(flagged.double().mean()) - 0.1) <= 0.05
     out = det.detect(x)
     assert torch.equal(out.recovered[~out.perturbed], out.predicted[~out.perturbed])
     assert (out.recovered[out.perturbed] != out.predicted[out.perturbed]).all()
+    # Recovery is Algorithm 2's argmax of the per-class sums.
+    s = det.score(x)
+    best = torch.nan_to_num(s.per_class, nan=-float("inf")).argmax(1)
+    assert torch.equal(out.recovered[out.perturbed], best[out.perturbed])
 
 
 def test_bad_inputs():
@@ -107,3 +111,15 @@ def test_fit_threshold_picks_the_separating_orientation():
     det.fit_threshold(high, low)  # "perturbed" images have the lower rho here
     assert det.orientation == "lower"
     assert bool(det.detect(low).perturbed.all()) and not bool(det.detect(high).perturbed.any())
+
+
+def test_probe_orientation_agrees_with_attacked_images():
+    from curvext import attacks, data, zoo
+
+    model = zoo.train("lenet", "relu", "digits").model
+    x = data.load_digits("test").images[:80]
+    det = CurvatureDetector(model, num_directions=8, method="fd2", h=0.1).calibrate(x)
+    # An independent attack (CW, not the probe's PGD) moves rho to the side the probe chose.
+    cw = attacks.carlini_wagner(model, x, confidence=5.0, steps=30)
+    shift = det.score(cw.adversarial[cw.success]).rho.median() - det.score(x).rho.median()
+    assert det.orientation == ("higher" if float(shift) > 0 else "lower")

@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--h", type=float, default=0.1, help="finite-difference scale (l2, input units)")
     p.add_argument("--directions", type=int, default=16, help="random directions T")
     p.add_argument("--classes", type=int, default=None, help="competing classes K (default: all)")
-    p.add_argument("--orientation", default="higher", choices=("higher", "lower", "auto"))
+    p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
+                   help="side of rho where perturbed images are expected (probe: PGD probe of clean images)")
     p.add_argument("--eps-linf", type=float, default=0.1)
     p.add_argument("--eps-l2", type=float, default=1.0)
     p.add_argument("--cw-confidence", type=float, default=5.0)
