@@ -1,0 +1,66 @@
+"""curvext.geometry.subspace on a synthetic model whose curvature lives in a known subspace."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from curvext.geometry.subspace import shared_subspace, subspace_vulnerability
+
+
+class PlantedCurvature(torch.nn.Module):
+    """f_0 = w.x (linear), f_1 = -w.x + 1/2 sum_j s_j (u_j.x)^2: the boundary of F = f_1 - f_0
+    curves only inside span(U) (U: d x r, orthonormal, orthogonal to w)."""
+
+    def __init__(self, d=40, r=3, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        Q = torch.linalg.qr(torch.randn(d, r + 1, generator=g, dtype=torch.float64))[0]
+        self.register_buffer("w", Q[:, 0])
+        self.register_buffer("U", Q[:, 1:])
+        self.register_buffer("s", torch.tensor([6.0, -5.0, 4.0], dtype=torch.float64)[:r])
+
+    def forward(self, x):
+        z = x.reshape(x.shape[0], -1)
+        lin = z @ self.w
+        quad = 0.5 * ((z @ self.U) ** 2 * self.s).sum(1)
+        return torch.stack([lin, -lin + quad], 1)
+
+
+def principal_angles_cos(A, B):
+    return torch.linalg.svdvals(A.T @ B)
+
+
+@pytest.mark.parametrize("recipe", ["stack", "mean_hessian"])
+def test_recovers_planted_subspace(recipe):
+    model = PlantedCurvature().eval()
+    g = torch.Generator().manual_seed(1)
+    noise = 0.3 * torch.randn(6, 40, generator=g, dtype=torch.float64)
+    noise = noise - (noise @ model.U) @ model.U.T  # U^T x = 0: the normal stays along w, exactly
+    x = (noise + 2.0 * model.w).reshape(6, 1, 5, 8)
+    basis = shared_subspace(model, x, dim=3, recipe=recipe, tol=1e-10)
+    assert basis.shape == (40, 3)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(3, dtype=torch.float64), atol=1e-8, rtol=0)
+    cos = principal_angles_cos(basis, model.U)
+    assert float(cos.min()) > 1 - 1e-6  # all principal angles ~ 0
+
+
+def test_vulnerability_inside_vs_random_subspace():
+    model = PlantedCurvature(d=40).eval()
+    g = torch.Generator().manual_seed(2)
+    x = 0.05 * torch.randn(30, 1, 5, 8, generator=g, dtype=torch.float64) + 0.3 * model.w.reshape(1, 1, 5, 8)
+    v = subspace_vulnerability(model, x, model.U, norms=[0.5, 1.0], trials=8)
+    # Inside span(U) the quadratic term flips labels; random 3-D subspaces barely touch it.
+    assert (v.fooling_subspace >= v.fooling_random).all()
+    assert float(v.fooling_subspace[-1]) > float(v.fooling_random[-1]) + 0.3
+    assert v.chance == pytest.approx((3 / 40) ** 0.5)
+
+
+def test_bad_arguments():
+    model = PlantedCurvature().eval()
+    x = torch.randn(2, 1, 5, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        shared_subspace(model, x, dim=2, recipe="pca")
+    with pytest.raises(ValueError, match="dim must be an int"):
+        shared_subspace(model, x, dim=40)
+    with pytest.raises(ValueError, match="basis must be"):
+        subspace_vulnerability(model, x, torch.randn(10, 2, dtype=torch.float64), norms=[1.0])
