@@ -52,3 +52,23 @@ def rho_histogram(report, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def curvature_profile(values: np.ndarray, path, title: str = "principal curvatures") -> None:
+    """Sorted principal curvatures (the paper's Fig. 5b): median over images, with the
+    interquartile band, against the rank of the value. ``values``: ``(N, m)`` ascending rows."""
+    plt = _pyplot()
+    values = np.sort(np.asarray(values, dtype=float), axis=1)
+    rank = np.arange(values.shape[1])
+    q1, med, q3 = np.nanpercentile(values, [25, 50, 75], axis=0)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.fill_between(rank, q1, q3, alpha=0.3, label="25-75%")
+    ax.plot(rank, med, lw=1.5, label=f"median over {values.shape[0]} images")
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xlabel("rank of the principal curvature (ascending)")
+    ax.set_ylabel("principal curvature")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
