@@ -17,8 +17,10 @@ and "lower" for the ReLU LeNet on MNIST, for every attack alike. Neither the pap
 (``"auto"``: clean rho mostly negative -> "higher") nor the margin of clean images predicts it
 there. ``"probe"`` (the default) reads it from the clean calibration images alone: it perturbs them
 with a small l2 PGD probe (no knowledge of the attack to be detected) and takes the side to which
-rho moves. Label recovery follows Algorithm 2 in either case: the competing class with the largest
-summed curvature.
+rho moves. Label recovery is Algorithm 2's "the competing class with the largest summed
+curvature" (``recovery="max"``); the probe also checks it, since the probe images' true labels are
+known: on the smooth MNIST LeNet the original class is the one with the *smallest* sum, and the
+probe then sets ``recovery="min"``.
 """
 from __future__ import annotations
 
@@ -63,9 +65,15 @@ class Detection:
     rho: torch.Tensor
 
 
-def recovered_labels(per_class: torch.Tensor) -> torch.Tensor:
-    """Algorithm 2's recovery: the competing class with the largest summed curvature, ``(B,)``."""
-    return torch.nan_to_num(per_class, nan=float("-inf")).argmax(dim=1)
+RECOVERY_RULES = ("max", "min")
+
+
+def recovered_labels(per_class: torch.Tensor, rule: str = "max") -> torch.Tensor:
+    """The competing class with the largest (Algorithm 2, "max") or smallest ("min") summed
+    curvature, ``(B,)``; classes outside the sum (NaN) never win."""
+    if rule == "max":
+        return torch.nan_to_num(per_class, nan=float("-inf")).argmax(dim=1)
+    return torch.nan_to_num(per_class, nan=float("inf")).argmin(dim=1)
 
 
 class CurvatureDetector:
@@ -126,6 +134,7 @@ class CurvatureDetector:
         self.probe_eps = probe_eps
         self.threshold: float | None = None
         self.orientation: str | None = orientation if orientation in ORIENTATIONS else None
+        self.recovery = "max"
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -171,14 +180,15 @@ class CurvatureDetector:
 
     # -- thresholds -------------------------------------------------------------------------
 
-    def resolve_orientation(self, x_clean: torch.Tensor, rho_clean: torch.Tensor) -> str:
-        """The orientation for clean images ``x_clean`` with statistics ``rho_clean`` (fixed, the
-        PGD probe, or the sign rule; see the module docstring)."""
+    def resolve_orientation(self, x_clean: torch.Tensor, rho_clean: torch.Tensor) -> tuple[str, str]:
+        """``(orientation, recovery rule)`` for clean images ``x_clean`` with statistics
+        ``rho_clean``: fixed, the paper's sign rule ("auto"), or from the PGD probe ("probe"),
+        which also picks the recovery rule that gives the probe images back their labels."""
         if self.orientation_rule in ORIENTATIONS:
-            return self.orientation_rule
+            return self.orientation_rule, "max"
         rho_clean = torch.as_tensor(rho_clean).double().cpu()
         if self.orientation_rule == "auto":
-            return "higher" if float(rho_clean.median()) < 0 else "lower"
+            return ("higher" if float(rho_clean.median()) < 0 else "lower"), "max"
         from curvext.attacks import pgd
 
         d = x_clean[0].numel()
@@ -187,11 +197,15 @@ class CurvatureDetector:
         if not bool(probe.success.any()):
             raise RuntimeError(f"orientation probe: PGD-l2 at eps={eps:.3g} changed no label; pass a "
                                "larger probe_eps or a fixed orientation")
-        rho_probe = self.score(probe.adversarial[probe.success]).rho.double().cpu()
+        s = self.score(probe.adversarial[probe.success])
+        rho_probe = s.rho.double().cpu()
         shift = float(rho_probe.median() - rho_clean[probe.success.cpu()].median())
-        logger.info("orientation probe: %d/%d flipped at eps %.3g, median rho shift %.3g",
-                    int(probe.success.sum()), len(probe.success), eps, shift)
-        return "higher" if shift > 0 else "lower"
+        truth = probe.labels[probe.success]
+        hits = {rule: float((recovered_labels(s.per_class, rule) == truth).double().mean()) for rule in RECOVERY_RULES}
+        recovery = "min" if hits["min"] > hits["max"] else "max"
+        logger.info("probe: %d/%d flipped at eps %.3g, median rho shift %.3g, recovery max %.2f min %.2f",
+                    int(probe.success.sum()), len(probe.success), eps, shift, hits["max"], hits["min"])
+        return ("higher" if shift > 0 else "lower"), recovery
 
     def calibrate(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> "CurvatureDetector":
         """Set the threshold (and, for "auto", the orientation) from clean images alone, for a
@@ -201,7 +215,7 @@ class CurvatureDetector:
         from curvext.metrics import calibrate_threshold
 
         rho = self.score(x_clean).rho.double().cpu()
-        self.orientation = self.resolve_orientation(x_clean, rho)
+        self.orientation, self.recovery = self.resolve_orientation(x_clean, rho)
         sign = 1.0 if self.orientation == "higher" else -1.0
         self.threshold = sign * calibrate_threshold((sign * rho).numpy(), fpr)
         logger.info("calibrated: clean median rho %.3g -> orientation %s, threshold %.4g",
@@ -229,6 +243,6 @@ class CurvatureDetector:
                                "fit_threshold(x_clean, x_perturbed) before detect()")
         s = self.score(x)
         flagged = s.rho >= self.threshold if self.orientation == "higher" else s.rho <= self.threshold
-        candidate = recovered_labels(s.per_class)
+        candidate = recovered_labels(s.per_class, self.recovery)
         recovered = torch.where(flagged, candidate, s.predicted)
         return Detection(flagged, s.predicted, recovered, s.rho)

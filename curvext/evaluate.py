@@ -143,8 +143,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     cache = None if out_dir is None else Path(out_dir) / "cache"
     clean = _cached(None if cache is None else cache / f"clean-{key}.pt", lambda: _scores(model, detector, x))
     rho_c = clean["rho"].numpy()
-    orientation = _cached(None if cache is None else cache / f"orientation-{key}.pt",
-                          lambda: {"o": detector.resolve_orientation(x, torch.from_numpy(rho_c))})["o"]
+    orientation, recovery = _cached(None if cache is None else cache / f"probe-{key}.pt",
+                                    lambda: {"o": detector.resolve_orientation(x, torch.from_numpy(rho_c))})["o"]
     sign = 1.0 if orientation == "higher" else -1.0
     clean_sign_share = float(np.mean(rho_c < 0))  # the paper's "clean sign": negative curvature
     rows, rho_perturbed = [], {}
@@ -160,13 +160,14 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
             return out
 
         r = _cached(None if cache is None else cache / f"{name}-{key}.pt", run)
-        rows.extend(_rows(name, r, clean, y, sign, fpr))
+        rows.extend(_rows(name, r, clean, y, sign, recovery, fpr))
         if "rho" in r:
             rho_perturbed[name] = r["rho"].numpy()
+    settings["recovery"] = recovery
     return EvaluationReport(rows, orientation, clean_sign_share, int(x.shape[0]), settings, rho_c, rho_perturbed)
 
 
-def _rows(name, r, clean, y, sign, fpr) -> list:
+def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:
     success = r["success"]
     n = int(success.sum())
     rate = float(success.double().mean())
@@ -178,7 +179,7 @@ def _rows(name, r, clean, y, sign, fpr) -> list:
     rho_c, rho_p = sign * clean["rho"].numpy(), sign * r["rho"].numpy()
     m = metrics.detection_metrics(rho_c, rho_p, fpr=fpr)
     flagged = rho_p >= m.threshold
-    candidate = recovered_labels(r["per_class"]).numpy()
+    candidate = recovered_labels(r["per_class"], recovery_rule).numpy()
     final = np.where(flagged, candidate, r["predicted"].numpy())
     original = y[success].cpu().numpy()
     recovery = float(np.mean(final == original))
@@ -198,8 +199,9 @@ def write_outputs(report: EvaluationReport, out_dir: str | os.PathLike, prefix: 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{prefix}.md", out / f"{prefix}.csv", out / f"{prefix}.parquet",
              out / f"{prefix}-roc.png", out / f"{prefix}-rho-hist.png"]
-    header = (f"clean images: {report.n_clean}; perturbed expected **{report.orientation}**; clean "
-              f"images with rho < 0 (the paper's clean sign): {100 * report.clean_sign_share:.1f}%\n\n")
+    header = (f"clean images: {report.n_clean}; perturbed expected **{report.orientation}**, recovery by "
+              f"{report.settings.get('recovery', 'max')} curvature; clean images with rho < 0 (the paper's "
+              f"clean sign): {100 * report.clean_sign_share:.1f}%\n\n")
     paths[0].write_text(header + report.table() + "\n")
     df = report.dataframe()
     df.to_csv(paths[1], index=False)

@@ -123,3 +123,11 @@ def test_probe_orientation_agrees_with_attacked_images():
     cw = attacks.carlini_wagner(model, x, confidence=5.0, steps=30)
     shift = det.score(cw.adversarial[cw.success]).rho.median() - det.score(x).rho.median()
     assert det.orientation == ("higher" if float(shift) > 0 else "lower")
+
+
+def test_recovered_labels_rules_skip_classes_outside_the_sum():
+    from curvext.detect import recovered_labels
+
+    per_class = torch.tensor([[float("nan"), 2.0, -1.0, float("nan")], [0.5, float("nan"), 3.0, -4.0]])
+    assert recovered_labels(per_class, "max").tolist() == [1, 2]
+    assert recovered_labels(per_class, "min").tolist() == [2, 3]

@@ -87,8 +87,8 @@ def run(args) -> int:
         h = "" if method == "autograd" else f", h={detector.h}"
         print(f"\n## {label} on {args.dataset}{acc}: method {method}{h}, T={args.directions}, "
               f"{report.n_clean} correctly classified images, {time.perf_counter() - t0:.0f} s")
-        print(f"perturbed expected {report.orientation}; clean images with rho < 0: "
-              f"{100 * report.clean_sign_share:.1f}%\n")
+        print(f"perturbed expected {report.orientation}, recovery by {report.settings['recovery']} curvature; "
+              f"clean images with rho < 0: {100 * report.clean_sign_share:.1f}%\n")
         print(report.table())
         print(f"\nwrote {', '.join(str(p) for p in paths)}")
     return 0
