@@ -1,0 +1,119 @@
+"""Principal curvatures (k at each end) for B MNIST-sized images: curvext against a per-image loop
+of scipy.sparse.linalg.eigsh on the same curvature operator, at equal accuracy.
+
+    python benchmarks/bench_profiles.py [--images 64] [--k 20] [--tol 1e-4] [--mnist DIR]
+
+Model: the zoo's smooth LeNet for MNIST with random weights (training is not what is timed).
+Images: the first B MNIST test images read straight from the IDX files when --mnist is given
+(default ../shared/data/mnist if present), else uniform noise. Points: DeepFool boundary points,
+found once and shared by both sides; pair (label across, original label).
+
+curvext: one batched Lanczos ("BE", 2k values) over all B images, on curvext.operators.
+CurvatureOperator (autograd products through one cached graph for the batch).
+scipy: for each image its own one-image CurvatureOperator, wrapped as a LinearOperator, eigsh
+with which="BE", k=2k, the same tolerance and a tangent start vector. Accuracy: the largest
+difference between the two sets of values relative to each image's largest |curvature|.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse.linalg as sla
+import torch
+
+from curvext import zoo
+from curvext.geometry.profiles import curvature_points, principal_curvatures
+from curvext.operators import CurvatureOperator
+
+DEFAULT_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def read_idx_images(folder: Path, n: int) -> torch.Tensor:
+    """First n MNIST test images as (n, 1, 28, 28) floats in [0, 1] (IDX, gzip or plain)."""
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"):
+        path = folder / name
+        if path.is_file():
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as fh:
+                raw = fh.read()
+            count, rows, cols = np.frombuffer(raw[4:16], dtype=">u4")
+            pixels = np.frombuffer(raw[16:], dtype=np.uint8)[: n * rows * cols]
+            return torch.from_numpy(pixels.reshape(-1, 1, rows, cols).astype(np.float32) / 255.0)
+    raise FileNotFoundError(f"no t10k-images IDX file in {folder}")
+
+
+def setup(images=64, mnist=None, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    model = zoo.build("lenet", "smooth", "mnist").to(dtype).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    folder = Path(mnist) if mnist else DEFAULT_MNIST
+    if folder.is_dir():
+        x = read_idx_images(folder, images).to(dtype)
+    else:
+        x = torch.rand(images, 1, 28, 28, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    points, cls, base = curvature_points(model, x, at="boundary")
+    return model, points, cls, base
+
+
+def run_curvext(model, points, cls, base, k, tol, seed=0):
+    prof = principal_curvatures(model, points, k=k, at="input", pair=(cls, base), tol=tol, seed=seed)
+    return prof.values, prof.steps
+
+
+def run_scipy(model, points, cls, base, k, tol, seed=0):
+    values, matvecs = [], []
+    g = torch.Generator().manual_seed(seed)
+    zero = torch.zeros(1, dtype=torch.long)
+    for s in range(points.shape[0]):
+        G = CurvatureOperator(model, points[s:s + 1], cls[s:s + 1], base[s:s + 1])
+        shape, n = tuple(points.shape[1:]), points[0].numel()
+        count = [0]
+
+        def matvec(v, G=G, shape=shape, count=count):
+            count[0] += 1
+            V = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape((1,) + shape)).to(points.dtype)
+            return G(V, zero).reshape(-1).double().numpy()
+
+        op = sla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+        v0 = G.tangent(torch.randn((1,) + shape, generator=g, dtype=torch.float64).to(points.dtype), zero)
+        w = sla.eigsh(op, k=2 * k, which="BE", tol=tol, v0=v0.reshape(-1).double().numpy(),
+                      return_eigenvectors=False)
+        values.append(np.sort(w))
+        matvecs.append(count[0])
+    return torch.from_numpy(np.stack(values)), torch.tensor(matvecs)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--mnist", default=None, help="folder with the MNIST IDX files")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
+    problem = setup(args.images, args.mnist, dtype)
+    t0 = time.perf_counter()
+    ours, steps = run_curvext(*problem, args.k, args.tol)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref, matvecs = run_scipy(*problem, args.k, args.tol)
+    t_ref = time.perf_counter() - t0
+    scale = ref.abs().amax(1, keepdim=True)
+    err = float(((ours.double() - ref) / scale).abs().max())
+    print(f"B={args.images} MNIST LeNet (smooth, random init), k={args.k} per end, tol={args.tol}, "
+          f"{args.dtype}, {torch.get_num_threads()} threads")
+    print("| solver | s | operator applications per image (mean) |\n|---|---:|---:|")
+    print(f"| curvext batched Lanczos | {t_ours:.2f} | {float(steps.double().mean()):.0f} |")
+    print(f"| scipy eigsh per image | {t_ref:.2f} | {float(matvecs.double().mean()):.0f} |")
+    print(f"speed-up {t_ref / t_ours:.1f}x; max |difference| / max|curvature| = {err:.1e}")
+
+
+if __name__ == "__main__":
+    main()
