@@ -1,15 +1,30 @@
-"""``curvext profile`` end to end on digits, and its resume."""
+"""``curvext profile`` end to end on digits with a small saved model: table, plot, resume."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
+import torch
 
+from curvext import data, zoo
 from curvext.cli import main
+from curvext.geometry.profiles import principal_curvatures
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notices
 
 
-def test_profile_writes_table_and_plot_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
+def small_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.build("lenet", "smooth", "digits").eval()  # random weights: no training in tests
+    path = tmp_path / "lenet.pt"
+    torch.jit.save(torch.jit.trace(model, torch.rand(2, 1, 8, 8)), str(path))
+    return model, path
+
+
+def test_profile_writes_table_and_plot_and_resumes(tmp_path):
+    model, ckpt = small_checkpoint(tmp_path)
     out = tmp_path / "prof"
-    args = ["profile", "--images", "6", "--k", "3", "--chunk", "4", "--out", str(out), "--no-progress"]
+    args = ["profile", "--checkpoint", str(ckpt), "--images", "6", "--k", "3", "--chunk", "4",
+            "--out", str(out), "--no-progress"]
     assert main(args) == 0
     table = pd.read_parquet(out / "profile.parquet")
     assert len(table) == 6 * 6 and set(table["rank"]) == set(range(6))
@@ -17,8 +32,25 @@ def test_profile_writes_table_and_plot_and_resumes(tmp_path, monkeypatch):
     # Each image's values are ascending (k most negative, then k most positive).
     for _, g in table.groupby("image"):
         assert g.sort_values("rank")["curvature"].is_monotonic_increasing
+    # The Lanczos ends in the table match the ends of the dense spectrum (an independent path).
+    x = data.load_digits("test").images[:6]
+    dense = principal_curvatures(model, x, at="boundary", full=True).values.double()
+    want = torch.cat([dense[:, :3], dense[:, -3:]], 1)
+    got = torch.tensor(table.sort_values(["image", "rank"])["curvature"].to_numpy()).reshape(6, 6)
+    scale = dense.abs().amax(1, keepdim=True)
+    assert float(((got - want) / scale).abs().max()) < 1e-3
     # A rerun reuses the saved parts (modification times unchanged).
     parts = sorted((out / "parts").iterdir())
     stamps = [p.stat().st_mtime_ns for p in parts]
     assert main(args) == 0
     assert [p.stat().st_mtime_ns for p in parts] == stamps
+
+
+def test_profile_csv_full_spectrum(tmp_path):
+    _, ckpt = small_checkpoint(tmp_path)
+    out = tmp_path / "full"
+    assert main(["profile", "--checkpoint", str(ckpt), "--images", "2", "--full", "--format", "csv",
+                 "--out", str(out), "--no-progress"]) == 0
+    table = pd.read_csv(out / "profile.csv")
+    assert len(table) == 2 * 63  # d = 64 minus the normal direction
+    assert (out / "profile.png").stat().st_size > 0
