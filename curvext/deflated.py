@@ -19,8 +19,9 @@ from curvext.operators import CurvatureOperator
 
 
 def deflated_class_curvatures(detector, x: torch.Tensor, cls: torch.Tensor, predicted: torch.Tensor,
-                              V: torch.Tensor) -> torch.Tensor:
-    """``(B, K)`` estimates of ``T tr(G_i) / d`` (Hutchinson's scale) for every image and class.
+                              V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, K)`` estimates of ``T tr(G_i) / d`` (Hutchinson's scale) for every image and class,
+    and ``(B, K)`` the operator applications each took (Lanczos steps + T).
 
     ``detector`` supplies model, method, h, deflation_k and seed; ``V (T, *shape)`` are its unit
     directions.
@@ -46,7 +47,7 @@ def deflated_class_curvatures(detector, x: torch.Tensor, cls: torch.Tensor, pred
     GW = G(W.reshape((n * T,) + shape), rows.repeat_interleave(T)).reshape(n, T, d)
     remainder = (W * GW).sum(dim=2).sum(dim=1)  # sum_j w_j^T G w_j
     sums = (T / d) * theta.sum(dim=1) + remainder
-    return sums.reshape(B, K)
+    return sums.reshape(B, K), (res.steps + T).reshape(B, K)
 
 
 def _deflate(Vf: torch.Tensor, U: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,7 @@ class CurvatureDetector:
         if self.estimator == "deflated":
             from curvext.deflated import deflated_class_curvatures
 
-            sums = deflated_class_curvatures(self, x, cls, predicted, V)  # (B, K), T-normalised sums
+            sums, _ = deflated_class_curvatures(self, x, cls, predicted, V)  # (B, K), Hutchinson's scale
         else:
             kappa = class_curvatures(self.model, x, cls, predicted, V, self.method, self.h)
             sums = kappa.sum(dim=2)
