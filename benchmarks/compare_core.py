@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import curvext  # noqa: E402
 from problems import cnn_input_hvp, diag_plus_low_rank  # noqa: E402
+from reporting import emit  # noqa: E402
 
 
 def best_time(fn, repeat=3, device="cpu"):
@@ -180,11 +181,7 @@ def main(argv=None):
     lines.append("|---|---:|")
     for name, value in share.items():
         lines.append(f"| {name} | {100 * value:.1f}% |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

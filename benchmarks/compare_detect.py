@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
 import torch
 
 from curvext import data, zoo
 from curvext.detect import CurvatureDetector
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reporting import emit  # noqa: E402
 
 
 def reference_rho(model, x, V, K):
@@ -113,11 +117,7 @@ def main(argv=None):
             t_fd = time.perf_counter() - t0
             lines.append(f"| {name}-{activation} | fd2 (h={det_fd.h}) | {x.shape[0] / t_fd:.1f} | | | |")
     lines += ["", deflation_table(x[:16], dataset, args.data_dir)]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
