@@ -93,9 +93,18 @@ class InputHessian:
             self._graph_rows = samples
 
     def _check(self, V: torch.Tensor, index: torch.Tensor) -> None:
-        if V.shape[1:] != self.x.shape[1:] or V.shape[0] != index.shape[0]:
+        if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype != torch.long:
+            raise ValueError(f"index must be a (b,) int64 tensor of sample indices, got "
+                             f"{getattr(index, 'dtype', type(index).__name__)} {tuple(getattr(index, 'shape', ()))}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.x.shape[0]):
+            raise ValueError(f"index must lie in [0, B = {self.x.shape[0]}), got values in "
+                             f"[{int(index.min())}, {int(index.max())}]")
+        if not isinstance(V, torch.Tensor) or V.shape[1:] != self.x.shape[1:] or V.shape[0] != index.shape[0]:
             raise ValueError(f"V must be (b, *shape) = ({index.shape[0]}, {tuple(self.x.shape[1:])}), "
-                             f"got {tuple(V.shape)}")
+                             f"got {tuple(getattr(V, 'shape', ()))}")
+        if V.dtype != self.x.dtype or V.device != self.x.device:
+            raise ValueError(f"V must match x's dtype and device ({self.x.dtype}, {self.x.device}), "
+                             f"got ({V.dtype}, {V.device})")
 
     def __call__(self, V: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         self._check(V, index)

@@ -93,6 +93,14 @@ def test_refusals_and_errors():
         InputHessian(model, x, a, c, method="fd2")(x, torch.arange(2))
     H = InputHessian(model, x, a, c)
     V = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="V must match x's dtype"):
+        H(V.float(), torch.arange(2))
+    with pytest.raises(ValueError, match=re.escape("V must be (b, *shape) = (2, (1, 4, 4))")):
+        H(V[:, :, :2], torch.arange(2))
+    with pytest.raises(ValueError, match="index must lie in"):
+        H(V, torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="index must be a"):
+        H(V, torch.tensor([0.0, 1.0]))
     V[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=re.escape("sample(s) [0]")):
         H(V, torch.arange(2))
