@@ -64,3 +64,32 @@ def test_bad_arguments():
         shared_subspace(model, x, dim=40)
     with pytest.raises(ValueError, match="basis must be"):
         subspace_vulnerability(model, x, torch.randn(10, 2, dtype=torch.float64), norms=[1.0])
+    with pytest.raises(ValueError, match="orthonormal"):
+        subspace_vulnerability(model, x, 2 * model.U, norms=[1.0])
+    with pytest.raises(ValueError, match="norms must be"):
+        subspace_vulnerability(model, x, model.U, norms=[-1.0])
+    with pytest.raises(ValueError, match="eval mode"):
+        shared_subspace(PlantedCurvature().train(), x, dim=2)
+
+
+def test_fooling_rates_and_deepfool_share_by_hand_on_a_linear_model():
+    # Binary linear model, class 0 iff x_0 > 1, images at x_0 = 2 (distance 1 from the plane):
+    # noise inside span(e_0) of norm 2 fools exactly the draws pointing toward the plane (about
+    # half), noise of norm 0.5 never; a random line of R^40 rarely points along e_0. DeepFool
+    # moves along e_0, so its share in span(e_0) is 1 and in the complement 0.
+    lin = torch.nn.Linear(40, 2, dtype=torch.float64)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[0, 0] = 1.0
+        lin.bias.copy_(torch.tensor([0.0, 1.0]))
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin).eval()
+    x = torch.zeros(50, 1, 5, 8, dtype=torch.float64)
+    x[:, 0, 0, 0] = 2.0
+    eye = torch.eye(40, dtype=torch.float64)
+    v = subspace_vulnerability(model, x, eye[:, :1], norms=[0.5, 2.0], trials=8, seed=0)
+    assert float(v.fooling_subspace[0]) == 0.0
+    assert 0.35 < float(v.fooling_subspace[1]) < 0.65
+    assert float(v.fooling_random[1]) < 0.1
+    torch.testing.assert_close(v.deepfool_share, torch.ones(50, dtype=torch.float64))
+    rest = subspace_vulnerability(model, x, eye[:, 1:4], norms=[0.5], trials=1, seed=0)
+    assert float(rest.deepfool_share.abs().max()) < 1e-12

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from curvext import _model_checks
 from curvext.geometry.deepfool import deepfool
 from curvext.geometry.profiles import curvature_points, principal_curvatures
 from curvext.linalg import lanczos
@@ -30,6 +31,8 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    _model_checks.require_eval(model, "model")
+    _model_checks.check_images(x, "x", input_range=None)
     d = x[0].numel()
     if not isinstance(dim, int) or dim < 1 or dim >= d:
         raise ValueError(f"dim must be an int in [1, d - 1 = {d - 1}], got {dim!r}")
@@ -37,8 +40,9 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
         k = per_point or dim
         prof = principal_curvatures(model, x, k=max(1, (k + 1) // 2), at=at, method=method, h=h, vectors=True,
                                     tol=tol, seed=seed)
-        vecs = prof.vectors.reshape(x.shape[0], -1, d)  # (N, 2k', d)
-        order = prof.values.abs().argsort(dim=1, descending=True)[:, :k]
+        # NaN marks values Lanczos could not supply (space exhausted): rank them last, add nothing
+        vecs = torch.nan_to_num(prof.vectors.reshape(x.shape[0], -1, d), nan=0.0)  # (N, 2k', d)
+        order = torch.nan_to_num(prof.values.abs(), nan=-1.0).argsort(dim=1, descending=True)[:, :k]
         chosen = vecs.gather(1, order.unsqueeze(2).expand(-1, -1, d))  # (N, k, d)
         U, _, _ = torch.linalg.svd(chosen.reshape(-1, d).T.double(), full_matrices=False)
         return U[:, :dim].to(x.dtype)
@@ -75,10 +79,20 @@ def subspace_vulnerability(model, x: torch.Tensor, basis: torch.Tensor, *, norms
                            seed: int = 0) -> Vulnerability:
     """How much more the classifier is fooled by noise inside ``basis (d, dim)`` than by noise of
     the same norm in random ``dim``-dimensional subspaces (``trials`` draws per image and norm)."""
+    _model_checks.require_eval(model, "model")
+    _model_checks.check_images(x, "x", input_range=None)
+    if not isinstance(basis, torch.Tensor) or basis.dim() != 2 or basis.shape[0] != x[0].numel():
+        raise ValueError(f"basis must be (d, dim) with d = {x[0].numel()}, got "
+                         f"{tuple(getattr(basis, 'shape', ()))}")
     d, dim = basis.shape
-    if d != x[0].numel():
-        raise ValueError(f"basis must be (d, dim) with d = {x[0].numel()}, got {tuple(basis.shape)}")
-    norms = torch.as_tensor(norms, dtype=torch.float64)
+    eye = torch.eye(dim, dtype=torch.float64, device=basis.device)
+    if not torch.allclose(basis.double().T @ basis.double(), eye, atol=1e-4):
+        raise ValueError("basis must have orthonormal columns (basis.T @ basis = I)")
+    norms = torch.as_tensor(norms, dtype=torch.float64).flatten()
+    if norms.numel() == 0 or not bool((norms > 0).all() & torch.isfinite(norms).all()):
+        raise ValueError(f"norms must be finite positive l2 norms, got {norms.tolist()}")
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be a positive int, got {trials!r}")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         labels = model(x).argmax(1)
