@@ -6,8 +6,10 @@ class a) and tangent projector ``P = I - n n^T``, the eigenvalues of G on the ta
 the principal curvatures of the level set of F through x. Sign convention (SPEC §1): positive
 where the point's own region is locally convex (for a ball of radius R of class c,
 ``F = |x|^2 - R^2``, every principal curvature is +1/R), negative where the boundary bulges into
-the region. The normal direction is an exact zero of G and is excluded from reported spectra by
-working in the tangent space.
+the region. The normal direction is an exact zero of G; ``tangent_coords=True`` removes it from
+the operator altogether: vectors are then coordinates ``w (d - 1,)`` in an orthonormal basis of
+the tangent space (a Householder reflection ``Q`` with ``Q n = e_1``, ``x = Q [0; w]``), so no
+Krylov method can meet the normal direction, even after a restart.
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ class CurvatureOperator:
         model, x, a, c, method, h: as for :class:`curvext.hvp.InputHessian` (``F = f_a - f_c``).
         basis: optional orthonormal ``U`` of shape ``(d, r)`` (shared) or ``(B, d, r)``: the
             operator then acts on coefficients, ``U^T G U``, vectors of shape ``(b, r)``.
+        tangent_coords: act on tangent coordinates ``(b, d - 1)`` instead (``T^T G T`` for the
+            orthonormal tangent basis ``T`` of :meth:`embed`): the spectrum is exactly the d - 1
+            principal curvatures. Not combined with ``basis``.
 
     Calling ``G(V, index)`` follows :func:`curvext.lanczos`'s ``op(V, index)`` convention.
 
@@ -31,7 +36,7 @@ class CurvatureOperator:
     """
 
     def __init__(self, model, x, a, c, *, method: str = "autograd", h: float | None = None,
-                 basis: torch.Tensor | None = None):
+                 basis: torch.Tensor | None = None, tangent_coords: bool = False):
         if method == "fd2":
             raise ValueError("CurvatureOperator needs Hessian-vector products: method 'autograd' or 'fd'")
         self.hessian = InputHessian(model, x, a, c, method=method, h=h)
@@ -50,7 +55,32 @@ class CurvatureOperator:
             if basis.dim() != 3 or basis.shape[0] != x.shape[0] or basis.shape[1] != d:
                 raise ValueError(f"basis must be (d, r) or (B, d, r) with d = {d}, got {tuple(basis.shape)}")
             basis = basis.to(dtype=x.dtype, device=x.device)
+        if tangent_coords and basis is not None:
+            raise ValueError("tangent_coords and basis cannot be combined")
         self.basis = basis
+        self.tangent_coords = bool(tangent_coords)
+        # Householder vector u = n - e_1 per sample (Q = I - 2 u u^T / |u|^2; u = 0: Q = I).
+        u = self.normal.flatten(1).clone()
+        u[:, 0] -= 1
+        self._u = u
+        self._u2 = (u * u).sum(1)
+
+    def _reflect(self, Y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``Q_s y`` for flat rows ``Y (b, d)`` (Q symmetric, orthogonal, ``Q n = e_1``)."""
+        u, u2 = self._u[index], self._u2[index]
+        coef = torch.where(u2 > 0, 2 * (Y * u).sum(1) / u2.clamp_min(torch.finfo(u2.dtype).tiny),
+                           torch.zeros_like(u2))
+        return Y - coef.unsqueeze(1) * u
+
+    def embed(self, W: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Tangent coordinates ``W (b, d - 1)`` to tangent vectors ``(b, *shape)``: ``Q [0; w]``."""
+        Y = torch.cat([torch.zeros_like(W[:, :1]), W], dim=1)
+        return self._reflect(Y, index).reshape((W.shape[0],) + self.shape)
+
+    def coordinates(self, V: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Tangent coordinates ``(b, d - 1)`` of vectors ``V (b, *shape)`` (their normal part is
+        dropped): the inverse of :meth:`embed` on the tangent space."""
+        return self._reflect(V.flatten(1), index)[:, 1:]
 
     def tangent(self, V: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``P V``: remove each row's component along its sample's normal."""
@@ -59,6 +89,8 @@ class CurvatureOperator:
         return (flat - (flat * n).sum(1, keepdim=True) * n).reshape(V.shape)
 
     def __call__(self, V: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        if self.tangent_coords:
+            return self.coordinates(self._apply(self.embed(V, index), index), index)
         if self.basis is not None:
             U = self.basis[index]  # (b, d, r)
             full = torch.bmm(U, V.unsqueeze(2)).squeeze(2).reshape((V.shape[0],) + self.shape)
@@ -73,10 +105,11 @@ class CurvatureOperator:
         return self.tangent(hu, index) / self.grad_norm[index].view(shape)
 
     def dense(self, chunk: int = 256) -> torch.Tensor:
-        """The full matrix ``(B, d, d)`` (or ``(B, r, r)`` on a subspace), column by column:
-        d operator applications per sample. For small d (references, tests)."""
+        """The full matrix ``(B, d, d)`` (``(B, r, r)`` on a subspace, ``(B, d - 1, d - 1)`` in
+        tangent coordinates), column by column: d operator applications per sample. For small d
+        (references, tests)."""
         B = self.grad_norm.shape[0]
-        dim = self.basis.shape[2] if self.basis is not None else self.normal[0].numel()
+        dim = self.basis.shape[2] if self.basis is not None else self.normal[0].numel() - self.tangent_coords
         dtype, device = self.normal.dtype, self.normal.device
         eye = torch.eye(dim, dtype=dtype, device=device)
         cols = []
@@ -86,7 +119,7 @@ class CurvatureOperator:
             t = block.shape[0]
             idx = index_all.repeat_interleave(t)
             V = block.repeat(B, 1)
-            if self.basis is None:
+            if self.basis is None and not self.tangent_coords:
                 V = V.reshape((B * t,) + self.shape)
             out = self(V, idx).reshape(B, t, dim)
             cols.append(out)

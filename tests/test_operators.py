@@ -67,3 +67,31 @@ def test_subspace_restriction():
     torch.testing.assert_close(sub, U.T @ full @ U, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="basis must be"):
         CurvatureOperator(model, x, top[:, 1], top[:, 0], basis=torch.randn(7, 2, dtype=torch.float64))
+
+
+def test_tangent_coordinates_give_exactly_the_tangent_spectrum():
+    model = Quadratic(L=3, d=10).eval()
+    x = torch.randn(3, 1, 2, 5, dtype=torch.float64)
+    top = model(x).topk(2, 1).indices
+    a, c = top[:, 1], top[:, 0]
+    G = CurvatureOperator(model, x, a, c, tangent_coords=True)
+    idx = torch.arange(3)
+    W = torch.randn(3, 9, dtype=torch.float64)
+    E = G.embed(W, idx)
+    # Embedded vectors are tangent, isometric, and the coordinates invert the embedding.
+    assert float((E.flatten(1) * G.normal.flatten(1)).sum(1).abs().max()) < 1e-12
+    torch.testing.assert_close(E.flatten(1).norm(dim=1), W.norm(dim=1))
+    torch.testing.assert_close(G.coordinates(E, idx), W)
+    # Spectrum: the 9 tangent eigenvalues of P H P / |g| (closed form), no normal zero.
+    dense = G.dense()
+    assert dense.shape == (3, 9, 9)
+    z = x.reshape(3, -1)
+    for b in range(3):
+        H = model.A[a[b]] - model.A[c[b]]
+        g = H @ z[b] + model.b[a[b]] - model.b[c[b]]
+        n = g / g.norm()
+        T = torch.linalg.qr(torch.cat([n[:, None], torch.randn(10, 9, dtype=torch.float64)], 1))[0][:, 1:]
+        torch.testing.assert_close(torch.linalg.eigvalsh(dense[b]), torch.linalg.eigvalsh(T.T @ H @ T / g.norm()),
+                                   rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        CurvatureOperator(model, x, a, c, basis=torch.eye(10, 2, dtype=torch.float64), tangent_coords=True)

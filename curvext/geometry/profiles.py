@@ -71,33 +71,28 @@ def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boun
         tol, max_steps, seed: Lanczos settings (:func:`curvext.lanczos`).
     """
     points, cls, base = curvature_points(model, x, at=at, pair=pair, boundary_fraction=boundary_fraction)
-    G = CurvatureOperator(model, points, cls, base, method=method, h=h)
+    # Tangent coordinates: the operator is d - 1 dimensional, the normal direction's zero is not
+    # in it at all (not even after a Lanczos restart from a fresh direction).
+    G = CurvatureOperator(model, points, cls, base, method=method, h=h, tangent_coords=True)
     B = x.shape[0]
     d = points[0].numel()
-    if full:
-        return _dense_profile(G, points, cls, base, vectors)
-    if not isinstance(k, int) or k < 1 or 2 * k > d - 1:
+    if not full and (not isinstance(k, int) or k < 1 or 2 * k > d - 1):
         raise ValueError(f"k must be an int with 1 <= 2k <= d - 1 = {d - 1}, got {k!r}")
-    g = torch.Generator().manual_seed(seed)
-    v0 = torch.randn(points.shape, generator=g, dtype=torch.float64).to(points)
-    v0 = G.tangent(v0, torch.arange(B, device=points.device))  # stays in the tangent space
-    res = lanczos(G, v0, k=2 * k, which="BE", tol=tol, max_steps=max_steps, vectors=vectors, seed=seed)
-    return CurvatureProfile(res.eigenvalues, res.eigenvectors, points, cls, base, G.grad_norm,
-                            res.converged, res.steps)
-
-
-def _dense_profile(G: CurvatureOperator, points, cls, base, vectors) -> CurvatureProfile:
-    M = G.dense()
-    w, Q = torch.linalg.eigh(M)  # (B, d), (B, d, d)
-    n = G.normal.flatten(1)
-    drop = (n.unsqueeze(2) * Q).sum(1).abs().argmax(1)  # the eigenvector along the normal
-    B, d = w.shape
-    keep = torch.ones(B, d, dtype=torch.bool, device=w.device)
-    keep[torch.arange(B), drop] = False
-    values = w[keep].reshape(B, d - 1)
+    rows = torch.arange(B, device=points.device)
+    if full:
+        w, Q = torch.linalg.eigh(G.dense())  # (B, d-1), (B, d-1, d-1) in tangent coordinates
+        values, coords = w, (Q.transpose(1, 2) if vectors else None)
+        converged = torch.ones_like(values, dtype=torch.bool)
+        steps = torch.full((B,), d - 1, dtype=torch.long, device=points.device)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        v0 = torch.randn((B, d - 1), generator=g, dtype=torch.float64).to(points)
+        res = lanczos(G, v0, k=2 * k, which="BE", tol=tol, max_steps=max_steps, vectors=vectors, seed=seed)
+        values, coords, converged, steps = res.eigenvalues, res.eigenvectors, res.converged, res.steps
     vecs = None
-    if vectors:
-        vecs = Q.transpose(1, 2)[keep].reshape((B, d - 1) + tuple(points.shape[1:]))
-    steps = torch.full((B,), d, dtype=torch.long)
-    return CurvatureProfile(values, vecs, points, cls, base, G.grad_norm,
-                            torch.ones_like(values, dtype=torch.bool), steps)
+    if coords is not None:  # (B, m, d-1) -> unit tangent vectors (B, m, *shape)
+        m = coords.shape[1]
+        vecs = G.embed(coords.reshape(B * m, d - 1), rows.repeat_interleave(m))
+        vecs = vecs.reshape((B, m) + tuple(points.shape[1:]))
+    return CurvatureProfile(values, vecs, points, cls, base, G.grad_norm, converged, steps)
+
