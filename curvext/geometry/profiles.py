@@ -95,4 +95,3 @@ def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boun
         vecs = G.embed(coords.reshape(B * m, d - 1), rows.repeat_interleave(m))
         vecs = vecs.reshape((B, m) + tuple(points.shape[1:]))
     return CurvatureProfile(values, vecs, points, cls, base, G.grad_norm, converged, steps)
-
