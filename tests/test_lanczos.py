@@ -280,3 +280,22 @@ def test_raw_lanczos_step_rejects_bad_arguments():
         torch.ops.curvext.lanczos_step(basis, torch.zeros(2, 5), alpha, beta, torch.tensor([0]), 0, 1e-6, 0)
     with pytest.raises(RuntimeError, match="dtype of basis"):
         torch.ops.curvext.lanczos_step(basis, w.double(), alpha, beta, torch.tensor([0]), 0, 1e-6, 0)
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "BE", "LM"])
+def test_low_rank_operator_with_more_wanted_values_than_its_rank(which):
+    # Rank 3 in n = 40: after the Krylov space {nonzero eigenvectors + one null direction} the
+    # restart direction is an eigenvector (A = 0 on the complement), so the zero eigenvalue's
+    # multiplicity is known and fills the k = 6 wanted values instead of NaN.
+    n, k = 40, 6
+    lam = torch.zeros(n, dtype=torch.float64)
+    lam[:3] = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64)
+    res = curvext.lanczos(lambda V, i: lam * V, torch.randn(1, n, dtype=torch.float64), k=k, which=which)
+    full = np.sort(lam.numpy())
+    want = {"LA": full[-k:], "SA": full[:k], "BE": np.r_[full[: k // 2], full[n - (k + 1) // 2:]],
+            "LM": np.sort(full[np.argsort(-np.abs(full), kind="stable")[:k]])}[which]
+    np.testing.assert_allclose(res.eigenvalues[0].numpy(), want, atol=1e-12)
+    assert res.converged.all() and res.steps[0] < n
+    Y = res.eigenvectors[0]
+    assert (Y @ Y.T - torch.eye(k, dtype=torch.float64)).abs().max() < 1e-12
+    assert (lam * Y - res.eigenvalues[0][:, None] * Y).abs().max() < 1e-12

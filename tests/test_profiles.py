@@ -56,9 +56,6 @@ def test_bad_k():
         principal_curvatures(model, torch.randn(2, 1, 2, 5, dtype=torch.float64), at="middle")
 
 
-@pytest.mark.xfail(reason="curvext.lanczos: when the Krylov space is exhausted before k values (rank-3 "
-                   "operator, 2k = 6 wanted) it stops after the breakdown without the documented restart "
-                   "and 'BE' returns all NaN", strict=False)
 def test_low_rank_curvature_gives_zeros_not_nan():
     # Curvature of rank 3 in d = 40: the k = 3 ends are the 2 + 1 non-zero curvatures and zeros.
     from tests.test_subspace import PlantedCurvature

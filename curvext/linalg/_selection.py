@@ -21,32 +21,29 @@ def select(theta: torch.Tensor, sizes: torch.Tensor, k: int, which: str) -> tupl
         False where a row has fewer than k real values (index then points at column 0).
     """
     B, m = theta.shape
-    ar = torch.arange(k, device=theta.device)
-    sizes = sizes.to(theta.device).view(B, 1)
+    dev = theta.device
+    ar = torch.arange(k, device=dev).view(1, k)
+    sizes = sizes.to(dev).view(B, 1)
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {sorted(WHICH)}, got {which!r}")
     if which == "LA":
         idx = sizes - k + ar
     elif which == "SA":
         idx = ar.expand(B, k)
     elif which == "BE":
         hi, lo = (k + 1) // 2, k // 2
-        idx = torch.cat([ar[:lo].expand(B, lo), sizes - hi + ar[:hi]], dim=1)
-        valid_be = (sizes >= k).expand(B, k)
-    elif which == "LM":
-        cols = torch.arange(m, device=theta.device).view(1, m)
+        idx = torch.where(ar < lo, ar, sizes - k + ar)  # lo from the bottom, hi from the top
+    else:  # LM: the k largest |theta| among the real ones, then ascending by value
+        cols = torch.arange(m, device=dev).view(1, m)
         mag = theta.abs().masked_fill(cols >= sizes, -1.0)
         top = torch.topk(mag, min(k, m), dim=1).indices
+        top = torch.where(torch.gather(mag, 1, top) < 0, torch.full_like(top, m), top)  # padding last
         if top.shape[1] < k:
-            top = torch.cat([top, top.new_zeros(B, k - top.shape[1])], dim=1)
+            top = torch.cat([top, top.new_full((B, k - top.shape[1]), m)], dim=1)
         idx = torch.sort(top, dim=1).values
-    else:
-        raise ValueError(f"which must be one of {sorted(WHICH)}, got {which!r}")
+    # Rows with fewer than k real values return them all, ascending, then invalid slots.
+    short = sizes < k
+    idx = torch.where(short, ar.expand(B, k), idx)
     valid = (idx >= 0) & (idx < sizes)
-    if which == "BE":
-        valid = valid & valid_be
-    if which == "LM":
-        valid = (ar.view(1, k) < sizes)
-        # Padding columns were chosen only when a row has fewer than k values.
-        idx = torch.where(valid, idx, torch.zeros_like(idx))
-        valid = valid.expand(B, k)
     idx = torch.where(valid, idx, torch.zeros_like(idx))
     return idx.long(), valid

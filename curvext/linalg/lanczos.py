@@ -83,6 +83,7 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
     beta = torch.zeros(B, steps_cap, device=device, dtype=dtype)
     steps = torch.zeros(B, dtype=torch.long)
     block_start = torch.zeros(B, dtype=torch.long)  # first step of the current Krylov block
+    identity_rest = torch.zeros(B, dtype=torch.bool)  # A = c I on the complement of the basis
     active = torch.arange(B, device=device)
     active_host = torch.arange(B)
 
@@ -102,6 +103,7 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
         # A fresh direction that breaks down at once is an eigenvector of A restricted to the
         # complement of the basis, so A is a multiple of the identity there: nothing left to find.
         immediate = host[1] & (block_start[active_host] == j) & (j > 0)
+        identity_rest[active_host[immediate]] = True
         block_start[active_host[host[1]]] = j + 1
         long_enough = (j + 1 - block_start[active_host]) >= min(min_after, n)
         finished = host[2] | immediate | (host[3] & long_enough & ~host[1])
@@ -111,7 +113,7 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
             active = active[keep.to(device)]
         if active_host.numel() == 0:
             break
-    return _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors)
+    return _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors, identity_rest, seed)
 
 
 def _converged_now(alpha, beta, active, j, k, which, tol) -> torch.Tensor:
@@ -153,7 +155,42 @@ def _padded_tridiagonal(alpha, beta, steps):
     return a.contiguous(), b.contiguous(), sizes
 
 
-def _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors) -> EigResult:
+def _complement_copies(basis, alpha, beta, steps, identity_rest, k, vectors, seed):
+    """Samples whose last restart direction was an eigenvector (A = c I on the complement of
+    their basis) have c with multiplicity n - steps + 1, but Lanczos holds one copy. Append up to
+    k - 1 more as decoupled diagonal entries, with orthonormal complement vectors as their basis
+    rows. Returns the extended (basis, alpha, beta, sizes)."""
+    B, _, n = basis.shape
+    extra = torch.where(identity_rest, torch.clamp(n - steps, max=k - 1), torch.zeros_like(steps)).clamp(min=0)
+    if int(extra.max()) == 0:
+        return basis, alpha, beta, steps
+    M, E = int(steps.max()), int(extra.max())
+    dev = alpha.device
+    alpha_x = torch.zeros(B, M + E, dtype=alpha.dtype, device=dev)
+    beta_x = torch.zeros(B, M + E, dtype=beta.dtype, device=dev)
+    alpha_x[:, :M], beta_x[:, :M] = alpha[:, :M], beta[:, :M]
+    basis_x = torch.zeros(B, M + E, n, dtype=basis.dtype, device=dev) if vectors else basis
+    if vectors:
+        basis_x[:, :M] = basis[:, :M]
+    g = torch.Generator().manual_seed(seed + 7919)
+    for s in identity_rest.nonzero().flatten().tolist():
+        m, e = int(steps[s]), int(extra[s])
+        if e == 0:
+            continue
+        beta_x[s, m - 1] = 0.0  # the last block [c] is decoupled
+        alpha_x[s, m : m + e] = alpha[s, m - 1]
+        if vectors:
+            Q = basis[s, :m]
+            R = torch.randn(e, n, generator=g, dtype=torch.float64).to(basis)
+            for _ in range(2):
+                R = R - (R @ Q.T) @ Q
+            basis_x[s, m : m + e] = torch.linalg.qr(R.T)[0].T
+    return basis_x, alpha_x, beta_x, steps + extra
+
+
+def _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors, identity_rest, seed) -> EigResult:
+    operator_steps = steps.clone()
+    basis, alpha, beta, steps = _complement_copies(basis, alpha, beta, steps, identity_rest, k, vectors, seed)
     a, b, sizes = _padded_tridiagonal(alpha, beta, steps)
     B, m = a.shape
     theta, S = _ops.ops.tridiag_eigh(a, b, _ops.TRIDIAG_VECTORS)
@@ -175,4 +212,4 @@ def _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors) -> EigRe
         coeffs = coeffs * valid.view(B, 1, k).to(coeffs.dtype)
         y = _ops.ops.ritz_vectors(basis, coeffs.contiguous())
         eigenvectors = y.reshape((B, k) + tuple(shape))
-    return EigResult(values, eigenvectors, residuals, converged, steps.clone())
+    return EigResult(values, eigenvectors, residuals, converged, operator_steps)
