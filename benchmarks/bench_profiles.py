@@ -17,7 +17,6 @@ difference between the two sets of values relative to each image's largest |curv
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import time
 from pathlib import Path
@@ -26,25 +25,11 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from curvext import zoo
+from curvext import data, zoo
 from curvext.geometry.profiles import curvature_points, principal_curvatures
 from curvext.operators import CurvatureOperator
 
 DEFAULT_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-def read_idx_images(folder: Path, n: int) -> torch.Tensor:
-    """First n MNIST test images as (n, 1, 28, 28) floats in [0, 1] (IDX, gzip or plain)."""
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"):
-        path = folder / name
-        if path.is_file():
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rb") as fh:
-                raw = fh.read()
-            count, rows, cols = np.frombuffer(raw[4:16], dtype=">u4")
-            pixels = np.frombuffer(raw[16:], dtype=np.uint8)[: n * rows * cols]
-            return torch.from_numpy(pixels.reshape(-1, 1, rows, cols).astype(np.float32) / 255.0)
-    raise FileNotFoundError(f"no t10k-images IDX file in {folder}")
 
 
 def setup(images=64, mnist=None, dtype=torch.float64, seed=0):
@@ -54,7 +39,7 @@ def setup(images=64, mnist=None, dtype=torch.float64, seed=0):
         p.requires_grad_(False)
     folder = Path(mnist) if mnist else DEFAULT_MNIST
     if folder.is_dir():
-        x = read_idx_images(folder, images).to(dtype)
+        x = data.load_mnist(folder, "test", limit=images).images.to(dtype)
     else:
         x = torch.rand(images, 1, 28, 28, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     points, cls, base = curvature_points(model, x, at="boundary")
