@@ -14,7 +14,8 @@ TORCH_LIBRARY(curvext, m) {
   // Writes alpha[s, step], beta[s, step] and basis[s, step+1] after full reorthogonalisation
   // (two classical Gram-Schmidt passes). Returns a per-sample flag (b,) int32:
   // 0 ok, 1 breakdown (invariant subspace; beta = 0 and q_{step+1} is a fresh direction
-  // orthogonal to the basis), 2 breakdown with the whole space exhausted (q_{step+1} = 0).
+  // orthogonal to the basis), 2 breakdown with the whole space exhausted (q_{step+1} = 0),
+  // 3 w has a non-finite entry (nothing else written).
   m.def(
       "lanczos_step(Tensor(a!) basis, Tensor w, Tensor(b!) alpha, Tensor(c!) beta, "
       "Tensor index, int step, float breakdown_tol, int seed) -> Tensor");

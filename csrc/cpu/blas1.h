@@ -53,14 +53,16 @@ CURVEXT_INLINE void cgs_pass(const T* Q, int64_t rows, int64_t n, T* r, double* 
   int64_t i = 0;
   for (; i + 4 <= rows; i += 4) {
     const T *q0 = Q + i * n, *q1 = q0 + n, *q2 = q1 + n, *q3 = q2 + n;
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    // Accumulated in T, split over SIMD lanes (as BLAS gemv does): the coefficients only steer
+    // the projection, and the second pass removes what rounding leaves.
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
     for (int64_t t = 0; t < n; ++t) {
-      const double rt = double(r[t]);
-      s0 += double(q0[t]) * rt;
-      s1 += double(q1[t]) * rt;
-      s2 += double(q2[t]) * rt;
-      s3 += double(q3[t]) * rt;
+      const T rt = r[t];
+      s0 += q0[t] * rt;
+      s1 += q1[t] * rt;
+      s2 += q2[t] * rt;
+      s3 += q3[t] * rt;
     }
     h[i] = s0;
     h[i + 1] = s1;

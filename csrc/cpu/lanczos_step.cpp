@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <vector>
 
 #include "blas1.h"
@@ -21,6 +22,7 @@ CURVEXT_INLINE int step_one(T* Q, const T* w, T* al, T* be, int64_t j, int64_t n
   T* r = Q + (j + 1) * n;
   for (int64_t i = 0; i < n; ++i) r[i] = w[i];
   const double applied = cpu::norm2(r, n);
+  if (!std::isfinite(applied)) return lanczos::kNonFinite;  // nothing written but the copy of w
   double alpha = cpu::dot(q, r, n);
   cpu::axpy(T(-alpha), q, r, n);
   if (j > 0) cpu::axpy(T(-be[j - 1]), Q + (j - 1) * n, r, n);

@@ -57,6 +57,10 @@ __global__ void lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, con
 
   for (int64_t t = threadIdx.x; t < n; t += blockDim.x) r[t] = w[t];
   const double applied = sqrt(block_dot(r, r, n, scratch));
+  if (!isfinite(applied)) {
+    if (threadIdx.x == 0) flags[blockIdx.x] = lanczos::kNonFinite;
+    return;
+  }
   double a = block_dot(q, r, n, scratch);
   const T bprev = j > 0 ? be[j - 1] : T(0);
   const T* qprev = j > 0 ? Q + (int64_t)(j - 1) * n : q;

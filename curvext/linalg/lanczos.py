@@ -15,7 +15,7 @@ from curvext.linalg import _operator, _validate
 from curvext.linalg._selection import WHICH, select
 from curvext.linalg.result import EigResult
 
-_FLAG_BREAKDOWN, _FLAG_EXHAUSTED = 1, 2
+_FLAG_BREAKDOWN, _FLAG_EXHAUSTED, _FLAG_NONFINITE = 1, 2, 3
 
 
 def default_max_steps(k: int, n: int) -> int:
@@ -88,9 +88,10 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
     active_host = torch.arange(B)
 
     for j in range(steps_cap):
-        w = _operator.apply(op, basis[active, j], active, shape, check=(j == 0))
-        bad = _operator.nonfinite_rows(w)
+        current = basis[:, j] if active_host.numel() == B else basis[active, j]
+        w = _operator.apply(op, current, active, shape, check=(j == 0))
         flags = _ops.ops.lanczos_step(basis, w, alpha, beta, active, j, bt, seed)
+        bad = flags == _FLAG_NONFINITE
         steps[active_host] += 1
         check = j + 1 >= k and ((j + 1) % max(1, (j + 1) // 10) == 0 or j + 1 == steps_cap)
         done = _converged_now(alpha, beta, active, j, k, which, tol) if check else flags < 0

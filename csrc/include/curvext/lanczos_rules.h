@@ -6,7 +6,7 @@
 namespace curvext {
 namespace lanczos {
 
-enum Flag : int { kOk = 0, kBreakdown = 1, kExhausted = 2 };
+enum Flag : int { kOk = 0, kBreakdown = 1, kExhausted = 2, kNonFinite = 3 };
 
 // beta_j is numerically zero (q_j's Krylov space is invariant) when the reorthogonalised
 // residual keeps at most `tol` of the norm of A q_j. An exactly zero A q_j is a breakdown too.
