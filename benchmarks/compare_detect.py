@@ -40,8 +40,9 @@ def reference_rho(model, x, V, K):
             gn = g.norm()
             n = (g / gn).detach()
             for v in V:
+                v = v.reshape(xb.shape)
                 u = v - (n * v).sum() * n
-                (hu,) = torch.autograd.grad(g, xb, grad_outputs=u.unsqueeze(0), retain_graph=True)
+                (hu,) = torch.autograd.grad(g, xb, grad_outputs=u, retain_graph=True)
                 total += float((u * hu).sum() / gn)
         rhos.append(total / ((len(order) + 1) * V.shape[0]))
     return torch.tensor(rhos, dtype=torch.float64)

@@ -19,8 +19,12 @@ _FLAG_BREAKDOWN, _FLAG_EXHAUSTED, _FLAG_NONFINITE = 1, 2, 3
 
 
 def default_max_steps(k: int, n: int) -> int:
-    """Steps allowed per sample when the caller sets none: ``min(n, max(3k + 20, 50))``."""
-    return min(n, max(3 * k + 20, 50))
+    """Steps allowed per sample when the caller sets none: ``min(n, max(4k + 20, 60))``.
+
+    Without restarts, Lanczos needs a few steps per wanted value: with 3k + 20, 40 wanted
+    values of a small CNN's curvature at tol 1e-4 stopped short (relative error 8e-3); they
+    converge in about 150 steps."""
+    return min(n, max(4 * k + 20, 60))
 
 
 def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: str = "LA",
