@@ -57,6 +57,7 @@ class ScoreRow:
     accuracy: float
     tpr_at_fpr: float
     recovery: float  # curvext only: share of perturbed images given back their original label
+    recovery_if_flagged: float  # curvext only: the same share if every perturbed image were flagged
     perturbed_other_sign: float  # curvext only: share of perturbed images with rho >= 0
 
 
@@ -75,13 +76,14 @@ class EvaluationReport:
 
     def table(self) -> str:
         """Markdown table of all rows."""
-        head = ("| attack | success | median norm | score | AUC | acc@best | TPR@5%FPR | recovery |\n"
-                "|---|---:|---:|---|---:|---:|---:|---:|")
+        head = ("| attack | success | median norm | score | AUC | acc@best | TPR@5%FPR | recovery | recovery if flagged |\n"
+                "|---|---:|---:|---|---:|---:|---:|---:|---:|")
         lines = [head]
         for r in self.rows:
             rec = "" if np.isnan(r.recovery) else f"{100 * r.recovery:.1f}%"
+            rec_all = "" if np.isnan(r.recovery_if_flagged) else f"{100 * r.recovery_if_flagged:.1f}%"
             lines.append(f"| {r.attack} | {100 * r.success_rate:.0f}% | {r.median_norm:.3f} | {r.score} | "
-                         f"{r.auc:.3f} | {100 * r.accuracy:.1f}% | {100 * r.tpr_at_fpr:.1f}% | {rec} |")
+                         f"{r.auc:.3f} | {100 * r.accuracy:.1f}% | {100 * r.tpr_at_fpr:.1f}% | {rec} | {rec_all} |")
         return "\n".join(lines)
 
     def dataframe(self):
@@ -174,7 +176,7 @@ def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:
     med = float(r["norms"][success].median()) if n else float("nan")
     nan = float("nan")
     if n == 0:
-        return [ScoreRow(name, s, 0, rate, med, nan, nan, nan, nan, nan)
+        return [ScoreRow(name, s, 0, rate, med, nan, nan, nan, nan, nan, nan)
                 for s in ("curvext", "max-softmax", "feature-squeezing")]
     rho_c, rho_p = sign * clean["rho"].numpy(), sign * r["rho"].numpy()
     m = metrics.detection_metrics(rho_c, rho_p, fpr=fpr)
@@ -184,10 +186,10 @@ def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:
     original = y[success].cpu().numpy()
     recovery = float(np.mean(final == original))
     rows = [ScoreRow(name, "curvext", n, rate, med, m.auc, m.accuracy, m.tpr_at_fpr, recovery,
-                     float(np.mean(r["rho"].numpy() >= 0)))]
+                     float(np.mean(candidate == original)), float(np.mean(r["rho"].numpy() >= 0)))]
     for score in ("max-softmax", "feature-squeezing"):
         mb = metrics.detection_metrics(clean[score].numpy(), r[score].numpy(), fpr=fpr)
-        rows.append(ScoreRow(name, score, n, rate, med, mb.auc, mb.accuracy, mb.tpr_at_fpr, nan, nan))
+        rows.append(ScoreRow(name, score, n, rate, med, mb.auc, mb.accuracy, mb.tpr_at_fpr, nan, nan, nan))
     return rows
 
 

@@ -35,6 +35,10 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     row = next(r for r in rep.rows if r.attack == "pgd-l2" and r.score == "curvext")
     assert abs(row.auc - auc) < 1e-12
     assert rep.clean_sign_share == pytest.approx(float(np.mean(rep.rho_clean < 0)))
+    # Recovery at the best threshold never exceeds recovery with every perturbed image flagged
+    # plus the images whose adversarial label is already right (none: attacks succeeded).
+    assert row.recovery <= row.recovery_if_flagged + 1e-12
+    assert "recovery if flagged" in rep.table()
     # A rerun with the same settings reuses every cached attack: no attack runs again.
     calls = []
     spy = {k: (lambda m, x, y, _f=f: calls.append(1) or _f(m, x, y)) for k, f in attacks.items()}
