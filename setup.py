@@ -68,14 +68,19 @@ def _extension():
     with_cuda = _want_cuda()
     debug = os.environ.get("CURVEXT_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags = opt + ["-fopenmp-simd"]
+    # -fopenmp: at::parallel_for in ATen's headers is an OpenMP region when torch's parallel
+    # backend is OpenMP (the pip wheels); without the flag it silently runs on one thread.
+    # libgomp.so.1 is the runtime torch already loads, so no second OpenMP runtime appears.
+    cxx_flags = opt + ["-fopenmp"]
+    link_flags = ["-fopenmp"]
     sources = ["csrc/module.cpp", "csrc/curvext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc", "include")]
     define_macros = []
     if not with_cuda:
         return CppExtension(
             "curvext._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx_flags}, define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
+            define_macros=define_macros,
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
@@ -84,7 +89,8 @@ def _extension():
     nvcc_flags = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
     return CUDAExtension(
         "curvext._C", sources, include_dirs=include_dirs,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags,
+        define_macros=define_macros,
     )
 
 

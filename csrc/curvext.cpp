@@ -28,4 +28,9 @@ TORCH_LIBRARY(curvext, m) {
   // Returns (v_next = (w + shift v) / ||w + shift v||, theta = v.w, residual = ||w - theta v||,
   // converged = residual <= tol |theta|).
   m.def("power_step(Tensor v, Tensor w, Tensor shift, float tol) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // Build check: how many distinct threads run the chunks of an at::parallel_for over
+  // `tasks` items, as the CPU kernels use it. 1 with several torch threads means the
+  // extension was compiled without the parallel backend's flags (a serial build).
+  m.def("parallel_threads(int tasks) -> int");
 }

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import curvext
 
@@ -23,3 +24,14 @@ def test_import_is_light():
     # Importing curvext must not pull in the evaluation stack (matplotlib, pandas, sklearn).
     code = "import sys, curvext; print(any(m in sys.modules for m in ('matplotlib', 'pandas', 'sklearn')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_cpu_kernels_run_in_parallel():
+    """The extension must be compiled with torch's parallel backend (OpenMP in the pip wheels):
+    otherwise at::parallel_for silently runs every CPU kernel on one thread."""
+    import curvext._ops  # noqa: F401  (loads the extension)
+
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("torch runs on one thread here")
+    assert torch.ops.curvext.parallel_threads(64) == threads
