@@ -48,6 +48,15 @@ def hard_matrices(m: int, rng: np.random.Generator) -> list[tuple[str, np.ndarra
         scale = np.logspace(-8, 8, m)
         out.append(("dynamic_range", scale * rng.choice([-1, 1], m), 1e-3 * np.sqrt(scale[:-1] * scale[1:])))
         out.append(("graded_offdiag", np.zeros(m), np.logspace(-8, 8, m - 1)))
+    if m >= 4:
+        # Two copies of a block joined by weak couplings: eigenvalue pairs split by ~coupling *
+        # (end components), which puts gaps on both sides of the clean-up path's bounds.
+        h = m // 2
+        block_a, block_b = rng.standard_normal(h), rng.standard_normal(h - 1)
+        for glue in (1e-3, 1e-5):
+            a = np.concatenate([block_a, block_a, rng.standard_normal(m - 2 * h)])
+            b = np.concatenate([block_b, [glue], block_b, np.ones(m - 2 * h)])
+            out.append((f"glued_{glue:g}", a, b))
     return out
 
 

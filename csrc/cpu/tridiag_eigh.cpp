@@ -1,8 +1,12 @@
 // CPU kernel of curvext::tridiag_eigh: one task per matrix (at::parallel_for over the batch).
 // Bisection runs kLanes eigenvalues of a matrix in lockstep so the Sturm recurrence vectorises
 // (compiled for AVX-512, AVX2 and baseline x86-64, picked at run time); the math itself is
-// curvext/tridiag.h, shared with the CUDA kernel. Vectors are computed in float64 for every
-// input dtype (Gram-Schmidt inside large clusters of close eigenvalues loses ~1/gap digits).
+// curvext/tridiag.h, shared with the CUDA kernel. Eigenvectors: inverse iteration in SIMD lanes
+// in the input's precision for every eigenvalue whose gaps exceed ~100x its error (a
+// Gram-Schmidt clean-up inside groups closer than 1e-3 ||T||), stein's scalar float64 path
+// for the rest (gaps near the eigenvalues' own error; ~0.1% of a random tridiagonal's).
+// float32 on random tridiagonals: residuals ~1 eps ||T||, orthogonality ~10 eps (median),
+// the same order as torch.linalg.eigh in float32.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -50,34 +54,57 @@ CURVEXT_SIMD_CLONES void eigenvalues(const double* a, const double* b, int n, do
   eigenvalues_impl(a, b, n, w, b2, lo, counts);
 }
 
-constexpr int kVectorLanes = 8;
+// Eigenvectors in SIMD lanes (tridiag::inverse_iteration_isolated), in the input's precision:
+// the lanes only take eigenvalues whose gaps keep inverse iteration accurate by itself (see
+// tridiag::tight_cluster_tolerance). Enough lanes for several independent division chains.
+template <typename T>
+constexpr int kVectorLanes = 64 / (sizeof(T) / sizeof(float));  // 64 floats, 32 doubles
 
-CURVEXT_SIMD_CLONES void isolated_vectors(const double* a, const double* b, int n, const double* w,
-                                          const tridiag::Bounds<double>& bd, const int* ks, int count,
-                                          const double* start, double* vecs, double* work) {
-  tridiag::inverse_iteration_isolated<double, kVectorLanes>(a, b, n, w, bd, ks, count, start, vecs, work);
+CURVEXT_SIMD_CLONES void lane_vectors(const float* a, const float* b, int n, const float* w,
+                                      const tridiag::Bounds<float>& bd, const int* ks, int count,
+                                      const float* start, double* vecs, float* work) {
+  tridiag::inverse_iteration_isolated<float, kVectorLanes<float>>(a, b, n, w, bd, ks, count, start, vecs, work);
 }
 
-// Per-thread scratch, sized once per task.
+CURVEXT_SIMD_CLONES void lane_vectors(const double* a, const double* b, int n, const double* w,
+                                      const tridiag::Bounds<double>& bd, const int* ks, int count,
+                                      const double* start, double* vecs, double* work) {
+  tridiag::inverse_iteration_isolated<double, kVectorLanes<double>>(a, b, n, w, bd, ks, count, start, vecs, work);
+}
+
+// Per-thread scratch, sized once per task. Vectors are assembled as float64 rows in `vecs`;
+// the scalar cluster path (inverse_iteration_cluster) works in float64 throughout, because
+// Gram-Schmidt between solves loses ~log10(1 / gap) digits.
+template <typename T>
 struct Scratch {
-  explicit Scratch(int n, bool with_vectors)
-      : counts(257), a64(with_vectors ? n : 0), b64(with_vectors ? n : 0),
-        w64(with_vectors ? n : 0), vecs(with_vectors ? (size_t)n * n : 0),
-        work(with_vectors ? 6 * (size_t)n * kVectorLanes : 0), piv(with_vectors ? n : 0), isolated(with_vectors ? n : 0),
-        start(with_vectors ? n : 0) {
-    if (with_vectors) tridiag::start_vector(n, start.data());
+  explicit Scratch(int n, bool with_vectors) : counts(257), b2(std::max(n, 1)), lo(std::max(n, 1)) {
+    if (!with_vectors) return;
+    a64.resize(n);
+    b64.resize(n);
+    w64.resize(n);
+    vecs.resize((size_t)n * n);
+    work64.resize(4 * (size_t)n);
+    piv.resize(n);
+    start64.resize(n);
+    tridiag::start_vector(n, start64.data());
+    lane_work.resize(6 * (size_t)n * kVectorLanes<T>);
+    lane_start.resize(n);
+    tridiag::start_vector(n, lane_start.data());
+    lane_ks.resize(n);
+    groups.resize(n + 1);
   }
   std::vector<int> counts;
-  std::vector<double> a64, b64, w64, vecs, work;
-  std::vector<unsigned char> piv;
-  std::vector<int> isolated;
-  std::vector<double> start;
+  std::vector<T> b2, lo;                   // bisection
+  std::vector<double> a64, b64, w64, vecs, work64, start64;
+  std::vector<unsigned char> piv;          // cluster path
+  std::vector<T> lane_work, lane_start;    // SIMD-lane path
+  std::vector<int> lane_ks;  // eigenvalues whose vectors are computed in SIMD lanes
+  std::vector<int> groups;   // [begin, end) pairs of close eigenvalues among them
 };
 
 template <typename T>
-void solve_one(const T* a, const T* b, int n, int mode, T* w, T* vec_out, std::vector<T>& b2,
-               std::vector<T>& lo, Scratch& s) {
-  eigenvalues(a, b, n, w, b2.data(), lo.data(), s.counts.data());
+void solve_one(const T* a, const T* b, int n, int mode, T* w, T* vec_out, Scratch<T>& s) {
+  eigenvalues(a, b, n, w, s.b2.data(), s.lo.data(), s.counts.data());
   if (mode == 0) return;
   for (int i = 0; i < n; ++i) {
     s.a64[i] = double(a[i]);
@@ -86,22 +113,34 @@ void solve_one(const T* a, const T* b, int n, int mode, T* w, T* vec_out, std::v
   }
   const tridiag::Bounds<double> bd = tridiag::bounds(s.a64.data(), s.b64.data(), n);
   const double ortol = tridiag::cluster_tolerance(bd);
-  int isolated = 0;
+  // w's absolute error: bisection to 2 eps ||T|| in T's precision, a backward error of a few
+  // eps ||T||, and the rounding of w to T.
+  const double accuracy = 4.0 * double(Limits<T>::eps()) * bd.norm + double(Limits<T>::safe_min());
+  const double tight = tridiag::tight_cluster_tolerance(bd, accuracy);
+  const double* w64 = s.w64.data();
+  int lanes = 0, groups = 0;
   for (int k = 0; k < n;) {
-    const int e = tridiag::cluster_end(s.w64.data(), n, k, ortol);
-    if (e == k + 1) {
-      s.isolated[isolated++] = k;
-    } else {
-      tridiag::inverse_iteration_cluster(s.a64.data(), s.b64.data(), n, s.w64.data(), bd, k, e,
-                                         s.start.data(), s.vecs.data(), s.work.data(), s.piv.data());
+    const int e = tridiag::cluster_end(w64, n, k, ortol);
+    if (e == k + 1 || tridiag::gaps_at_least(w64, k, e, tight)) {
+      for (int j = k; j < e; ++j) s.lane_ks[lanes++] = j;
+      if (e > k + 1) {
+        s.groups[groups++] = k;  // Gram-Schmidt clean-up afterwards
+        s.groups[groups++] = e;
+      }
+    } else {  // gaps near the eigenvalues' own error: stein's scalar path
+      tridiag::inverse_iteration_cluster(s.a64.data(), s.b64.data(), n, w64, bd, k, e,
+                                         s.start64.data(), s.vecs.data(), s.work64.data(), s.piv.data());
     }
     k = e;
   }
-  for (int i0 = 0; i0 < isolated; i0 += kVectorLanes) {
-    isolated_vectors(s.a64.data(), s.b64.data(), n, s.w64.data(), bd, s.isolated.data() + i0,
-                     std::min(kVectorLanes, isolated - i0), s.start.data(), s.vecs.data(),
-                     s.work.data());
+  if (lanes > 0) {
+    const tridiag::Bounds<T> bd_t = tridiag::bounds(a, b, n);
+    for (int i0 = 0; i0 < lanes; i0 += kVectorLanes<T>) {
+      lane_vectors(a, b, n, w, bd_t, s.lane_ks.data() + i0, std::min(kVectorLanes<T>, lanes - i0),
+                   s.lane_start.data(), s.vecs.data(), s.lane_work.data());
+    }
   }
+  for (int g = 0; g < groups; g += 2) tridiag::orthogonalize_members(s.vecs.data(), n, s.groups[g], s.groups[g + 1]);
   const double* vecs = s.vecs.data();
   if (mode == 1) {
     for (int k = 0; k < n; ++k) vec_out[k] = T(vecs[(size_t)k * n]);
@@ -131,11 +170,10 @@ std::tuple<at::Tensor, at::Tensor> tridiag_eigh_cpu(const at::Tensor& alpha_in,
     scalar_t* z = mode == 0 ? nullptr : vectors.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 2048 / ((int64_t)n * n + 1));
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-      Scratch scratch(n, mode != 0);
-      std::vector<scalar_t> b2(std::max(n, 1)), lo(std::max(n, 1));
+      Scratch<scalar_t> scratch(n, mode != 0);
       for (int64_t s = begin; s < end; ++s) {
         solve_one<scalar_t>(a + s * n, b + s * (n - 1), n, (int)mode, w + s * n,
-                            z == nullptr ? nullptr : z + s * vec_stride, b2, lo, scratch);
+                            z == nullptr ? nullptr : z + s * vec_stride, scratch);
       }
     });
   });

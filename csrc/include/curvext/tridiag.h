@@ -242,6 +242,25 @@ CURVEXT_HD void orthogonalize(T* x, const T* vecs, int count, int n) {
   }
 }
 
+// Scales x to unit length with its entry of largest magnitude positive.
+template <typename T>
+CURVEXT_HD void normalize_signed(T* x, int n) {
+  T m = max_abs(x, n);
+  scale(x, n, T(1) / m);
+  T nrm = T(0);
+  int imax = 0;
+  T big = T(0);
+  for (int i = 0; i < n; ++i) {
+    nrm += x[i] * x[i];
+    if (abs_(x[i]) > big) {
+      big = abs_(x[i]);
+      imax = i;
+    }
+  }
+  nrm = sqrt_(nrm);
+  scale(x, n, (x[imax] < T(0) ? T(-1) : T(1)) / nrm);
+}
+
 // The pseudo-random start vector of inverse iteration (n scalars).
 template <typename T>
 CURVEXT_HD void start_vector(int n, T* out) {
@@ -309,32 +328,54 @@ CURVEXT_HD void inverse_iteration_cluster(const T* a, const T* b, int n, const T
       orthogonalize(x, earlier, members_before, n);
     }
     orthogonalize(x, earlier, members_before, n);  // twice is enough
-    T m = max_abs(x, n);
-    scale(x, n, T(1) / m);
-    T nrm = T(0);
-    int imax = 0;
-    T big = T(0);
-    for (int i = 0; i < n; ++i) {
-      nrm += x[i] * x[i];
-      if (abs_(x[i]) > big) {
-        big = abs_(x[i]);
-        imax = i;
-      }
-    }
-    nrm = sqrt_(nrm);
-    scale(x, n, (x[imax] < T(0) ? T(-1) : T(1)) / nrm);
+    normalize_signed(x, n);
+  }
+}
+
+// Gap below which close eigenvalues need stein's Gram-Schmidt between inverse-iteration solves
+// (inverse_iteration_cluster). Above it, and below cluster_tolerance, every member converges to
+// its own vector by itself: two solves from shifts accurate to `accuracy` (the bisection's
+// absolute error bound) shrink the other members' components by (accuracy / gap)^2 <= 1e-4, and
+// what remains lies inside the cluster, where it moves the residual only by ~1e-4 * gap. One
+// Gram-Schmidt pass afterwards (orthogonalize_members) restores orthogonality.
+template <typename T>
+CURVEXT_HD T tight_cluster_tolerance(const Bounds<T>& bd, T accuracy) {
+  return min_(T(100) * accuracy, cluster_tolerance(bd));
+}
+
+// True when every gap inside the cluster [k_begin, k_end) is at least `tight`.
+template <typename T>
+CURVEXT_HD bool gaps_at_least(const T* w, int k_begin, int k_end, T tight) {
+  for (int k = k_begin + 1; k < k_end; ++k)
+    if (w[k] - w[k - 1] < tight) return false;
+  return true;
+}
+
+// Gram-Schmidt clean-up of the converged unit vectors k_begin .. k_end-1 (rows of vecs):
+// each is orthogonalised (twice) against the earlier ones and normalised again.
+template <typename T>
+CURVEXT_HD void orthogonalize_members(T* vecs, int n, int k_begin, int k_end) {
+  const T* first = vecs + (long long)k_begin * n;
+  for (int k = k_begin + 1; k < k_end; ++k) {
+    T* x = vecs + (long long)k * n;
+    orthogonalize(x, first, k - k_begin, n);
+    orthogonalize(x, first, k - k_begin, n);
+    normalize_signed(x, n);
   }
 }
 
 // Eigenvectors of L isolated eigenvalues w[ks[0..count)] at once (count <= L), the lanes of
 // every loop running in lockstep so the CPU build vectorises them; same algorithm as
 // inverse_iteration_cluster without Gram-Schmidt (two solves), all lanes starting from the
-// same pseudo-random vector `start` (n scalars, see start_vector). Unit rows vecs[k*n .. k*n+n).
-// work: 6 n L scalars (layout [i][lane]).
-template <typename T, int L>
+// same pseudo-random vector `start` (n scalars in (-1, 1), see start_vector). Arithmetic in T,
+// unit rows vecs[k*n .. k*n+n) written in O. work: 6 n L scalars (layout [i][lane]).
+// Scaling is fused into the solves: the start is scaled to ~tiny, the first solve's backward
+// sweep records each lane's largest entry, and the second solve rescales to ~tiny as it goes,
+// so neither overflow nor underflow can occur whatever ||T||.
+template <typename T, int L, typename O>
 CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, const T* w,
                                                const Bounds<T>& bd, const int* ks, int count,
-                                               const T* start, T* vecs, T* work) {
+                                               const T* start, O* vecs, T* work) {
   const T eps = Limits<T>::eps();
   const T norm = max_(bd.norm, Limits<T>::safe_min() / eps);
   const T tiny = eps * norm;
@@ -347,7 +388,7 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
   T shift[L];
   for (int l = 0; l < L; ++l) shift[l] = w[ks[min_(l, count - 1)]];
   if (n == 1) {
-    for (int l = 0; l < count; ++l) vecs[(long long)ks[l] * n] = T(1);
+    for (int l = 0; l < count; ++l) vecs[(long long)ks[l] * n] = O(1);
     return;
   }
   // Factorisation, gttrf with per-lane pivoting expressed as selects; d keeps 1 / pivot.
@@ -389,31 +430,27 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
     }
   }
   for (int i = 0; i < n; ++i) {
-    const T r = start[i];
+    const T r = start[i] * tiny;
     CURVEXT_SIMD for (int l = 0; l < L; ++l) x[i * L + l] = r;
   }
-  T m[L];
+  T rescale[L], big[L], sgn[L];
+  CURVEXT_SIMD for (int l = 0; l < L; ++l) rescale[l] = T(1);
   for (int it = 0; it < 2; ++it) {
-    CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = T(0);
-    for (int i = 0; i < n; ++i) {
-      CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = max_(m[l], abs_(x[i * L + l]));
-    }
-    CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = tiny / m[l];
-    for (int i = 0; i < n; ++i) {
-      CURVEXT_SIMD for (int l = 0; l < L; ++l) x[i * L + l] *= m[l];
-    }
+    // Forward elimination (row swaps as selects), rescaling x by `rescale` on first touch.
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) x[l] *= rescale[l];
     for (int i = 0; i + 1 < n; ++i) {
       T* x0 = x + i * L;
       T* x1 = x0 + L;
       const T* f = dl + i * L;
       const T* sw = swapped + i * L;
       CURVEXT_SIMD for (int l = 0; l < L; ++l) {
-        const T xi = x0[l], xn = x1[l];
+        const T xi = x0[l], xn = x1[l] * rescale[l];
         const bool swap = sw[l] != T(0);
         x0[l] = swap ? xn : xi;
         x1[l] = swap ? xi - f[l] * xn : xn - f[l] * xi;
       }
     }
+    // Back substitution, tracking each lane's entry of largest magnitude and its sign.
     {
       T* xl = x + (n - 1) * L;
       T* xp = x + (n - 2) * L;
@@ -421,8 +458,13 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
       const T* dprev = d + (n - 2) * L;
       const T* duprev = du + (n - 2) * L;
       CURVEXT_SIMD for (int l = 0; l < L; ++l) {
-        xl[l] *= dlast[l];
-        xp[l] = (xp[l] - duprev[l] * xl[l]) * dprev[l];
+        const T vl = xl[l] * dlast[l];
+        const T vp = (xp[l] - duprev[l] * vl) * dprev[l];
+        xl[l] = vl;
+        xp[l] = vp;
+        const bool gt = abs_(vp) > abs_(vl);
+        big[l] = gt ? abs_(vp) : abs_(vl);
+        sgn[l] = (gt ? vp : vl) < T(0) ? T(-1) : T(1);
       }
     }
     for (int i = n - 3; i >= 0; --i) {
@@ -432,36 +474,34 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
       const T* u1 = du + i * L;
       const T* u2 = du2 + i * L;
       const T* di = d + i * L;
-      CURVEXT_SIMD for (int l = 0; l < L; ++l) x0[l] = (x0[l] - u1[l] * x1[l] - u2[l] * x2[l]) * di[l];
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+        const T v = (x0[l] - u1[l] * x1[l] - u2[l] * x2[l]) * di[l];
+        x0[l] = v;
+        const bool gt = abs_(v) > big[l];
+        big[l] = gt ? abs_(v) : big[l];
+        sgn[l] = gt ? (v < T(0) ? T(-1) : T(1)) : sgn[l];
+      }
     }
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) rescale[l] = tiny / big[l];
   }
-  // Normalise; the largest-magnitude entry positive.
-  T big[L], sq[L], sgn[L];
+  // Normalise (x / big has entries <= 1, so the sum of squares cannot overflow); the
+  // largest-magnitude entry positive.
+  T sq[L];
   CURVEXT_SIMD for (int l = 0; l < L; ++l) {
-    big[l] = T(0);
-    sgn[l] = T(1);
+    rescale[l] = T(1) / big[l];
     sq[l] = T(0);
   }
   for (int i = 0; i < n; ++i) {
     CURVEXT_SIMD for (int l = 0; l < L; ++l) {
-      const T v = x[i * L + l];
-      const bool gt = abs_(v) > big[l];
-      big[l] = gt ? abs_(v) : big[l];
-      sgn[l] = gt ? (v < T(0) ? T(-1) : T(1)) : sgn[l];
-    }
-  }
-  CURVEXT_SIMD for (int l = 0; l < L; ++l) m[l] = T(1) / big[l];
-  for (int i = 0; i < n; ++i) {
-    CURVEXT_SIMD for (int l = 0; l < L; ++l) {
-      const T v = x[i * L + l] * m[l];
-      x[i * L + l] = v;
+      const T v = x[i * L + l] * rescale[l];
       sq[l] += v * v;
     }
   }
+  CURVEXT_SIMD for (int l = 0; l < L; ++l) rescale[l] *= sgn[l] / sqrt_(sq[l]);
   for (int l = 0; l < count; ++l) {
-    const T scale_l = sgn[l] / sqrt_(sq[l]);
-    T* out = vecs + (long long)ks[l] * n;
-    for (int i = 0; i < n; ++i) out[i] = x[i * L + l] * scale_l;
+    const T scale_l = rescale[l];
+    O* out = vecs + (long long)ks[l] * n;
+    for (int i = 0; i < n; ++i) out[i] = O(x[i * L + l] * scale_l);
   }
 }
 
