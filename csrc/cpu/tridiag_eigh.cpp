@@ -60,20 +60,21 @@ CURVEXT_SIMD_CLONES void eigenvalues(const double* a, const double* b, int n, do
 template <typename T>
 constexpr int kVectorLanes = 64 / (sizeof(T) / sizeof(float));  // 64 floats, 32 doubles
 
+// Vectors are written as columns of `cols` (component i of vector k at cols[i * n + k]).
 CURVEXT_SIMD_CLONES void lane_vectors(const float* a, const float* b, int n, const float* w,
                                       const tridiag::Bounds<float>& bd, const int* ks, int count,
-                                      const float* start, double* vecs, float* work) {
-  tridiag::inverse_iteration_isolated<float, kVectorLanes<float>>(a, b, n, w, bd, ks, count, start, vecs, work);
+                                      const float* start, double* cols, float* work) {
+  tridiag::inverse_iteration_isolated<float, kVectorLanes<float>>(a, b, n, w, bd, ks, count, start, cols, 1, n, work);
 }
 
 CURVEXT_SIMD_CLONES void lane_vectors(const double* a, const double* b, int n, const double* w,
                                       const tridiag::Bounds<double>& bd, const int* ks, int count,
-                                      const double* start, double* vecs, double* work) {
-  tridiag::inverse_iteration_isolated<double, kVectorLanes<double>>(a, b, n, w, bd, ks, count, start, vecs, work);
+                                      const double* start, double* cols, double* work) {
+  tridiag::inverse_iteration_isolated<double, kVectorLanes<double>>(a, b, n, w, bd, ks, count, start, cols, 1, n, work);
 }
 
-// Per-thread scratch, sized once per task. Vectors are assembled as float64 rows in `vecs`;
-// the scalar cluster path (inverse_iteration_cluster) works in float64 throughout, because
+// Per-thread scratch, sized once per task. Vectors are assembled in float64 in `cols`; the
+// scalar cluster path (inverse_iteration_cluster) works in float64 rows throughout, because
 // Gram-Schmidt between solves loses ~log10(1 / gap) digits.
 template <typename T>
 struct Scratch {
@@ -82,7 +83,8 @@ struct Scratch {
     a64.resize(n);
     b64.resize(n);
     w64.resize(n);
-    vecs.resize((size_t)n * n);
+    cols.resize((size_t)n * n);
+    rows.resize((size_t)n * n);
     work64.resize(4 * (size_t)n);
     piv.resize(n);
     start64.resize(n);
@@ -94,60 +96,81 @@ struct Scratch {
     groups.resize(n + 1);
   }
   std::vector<int> counts;
-  std::vector<T> b2, lo;                   // bisection
-  std::vector<double> a64, b64, w64, vecs, work64, start64;
-  std::vector<unsigned char> piv;          // cluster path
-  std::vector<T> lane_work, lane_start;    // SIMD-lane path
+  std::vector<T> b2, lo;                             // bisection
+  std::vector<double> cols;                          // the vectors, column k = vector k
+  std::vector<double> a64, b64, w64, rows, work64, start64;
+  std::vector<unsigned char> piv;                    // cluster path (rows: vector k = row k)
+  std::vector<T> lane_work, lane_start;              // SIMD-lane path
   std::vector<int> lane_ks;  // eigenvalues whose vectors are computed in SIMD lanes
   std::vector<int> groups;   // [begin, end) pairs of close eigenvalues among them
 };
+
+// Copies vectors k_begin..k_end-1 between the column layout and rows of `rows`.
+void columns_to_rows(const double* cols, double* rows, int n, int k_begin, int k_end) {
+  for (int k = k_begin; k < k_end; ++k)
+    for (int i = 0; i < n; ++i) rows[(size_t)k * n + i] = cols[(size_t)i * n + k];
+}
+
+void rows_to_columns(const double* rows, double* cols, int n, int k_begin, int k_end) {
+  for (int k = k_begin; k < k_end; ++k)
+    for (int i = 0; i < n; ++i) cols[(size_t)i * n + k] = rows[(size_t)k * n + i];
+}
+
+template <typename T>
+void stein_cluster(const T* a, const T* b, int n, const T* w, int k_begin, int k_end, Scratch<T>& s,
+                   bool& converted) {
+  if (!converted) {
+    for (int i = 0; i < n; ++i) {
+      s.a64[i] = double(a[i]);
+      s.w64[i] = double(w[i]);
+      if (i + 1 < n) s.b64[i] = double(b[i]);
+    }
+    converted = true;
+  }
+  const tridiag::Bounds<double> bd = tridiag::bounds(s.a64.data(), s.b64.data(), n);
+  tridiag::inverse_iteration_cluster(s.a64.data(), s.b64.data(), n, s.w64.data(), bd, k_begin, k_end,
+                                     s.start64.data(), s.rows.data(), s.work64.data(), s.piv.data());
+  rows_to_columns(s.rows.data(), s.cols.data(), n, k_begin, k_end);
+}
 
 template <typename T>
 void solve_one(const T* a, const T* b, int n, int mode, T* w, T* vec_out, Scratch<T>& s) {
   eigenvalues(a, b, n, w, s.b2.data(), s.lo.data(), s.counts.data());
   if (mode == 0) return;
-  for (int i = 0; i < n; ++i) {
-    s.a64[i] = double(a[i]);
-    s.w64[i] = double(w[i]);
-    if (i + 1 < n) s.b64[i] = double(b[i]);
-  }
-  const tridiag::Bounds<double> bd = tridiag::bounds(s.a64.data(), s.b64.data(), n);
-  const double ortol = tridiag::cluster_tolerance(bd);
+  const tridiag::Bounds<T> bd = tridiag::bounds(a, b, n);
+  const T ortol = tridiag::cluster_tolerance(bd);
   // w's absolute error: bisection to 2 eps ||T|| in T's precision, a backward error of a few
   // eps ||T||, and the rounding of w to T.
-  const double accuracy = 4.0 * double(Limits<T>::eps()) * bd.norm + double(Limits<T>::safe_min());
-  const double tight = tridiag::tight_cluster_tolerance(bd, accuracy);
-  const double* w64 = s.w64.data();
+  const T accuracy = T(4) * Limits<T>::eps() * bd.norm + Limits<T>::safe_min();
+  const T tight = tridiag::tight_cluster_tolerance(bd, accuracy);
+  bool converted = false;
   int lanes = 0, groups = 0;
   for (int k = 0; k < n;) {
-    const int e = tridiag::cluster_end(w64, n, k, ortol);
-    if (e == k + 1 || tridiag::gaps_at_least(w64, k, e, tight)) {
+    const int e = tridiag::cluster_end(w, n, k, ortol);
+    if (e == k + 1 || tridiag::gaps_at_least(w, k, e, tight)) {
       for (int j = k; j < e; ++j) s.lane_ks[lanes++] = j;
       if (e > k + 1) {
         s.groups[groups++] = k;  // Gram-Schmidt clean-up afterwards
         s.groups[groups++] = e;
       }
     } else {  // gaps near the eigenvalues' own error: stein's scalar path
-      tridiag::inverse_iteration_cluster(s.a64.data(), s.b64.data(), n, w64, bd, k, e,
-                                         s.start64.data(), s.vecs.data(), s.work64.data(), s.piv.data());
+      stein_cluster(a, b, n, w, k, e, s, converted);
     }
     k = e;
   }
-  if (lanes > 0) {
-    const tridiag::Bounds<T> bd_t = tridiag::bounds(a, b, n);
-    for (int i0 = 0; i0 < lanes; i0 += kVectorLanes<T>) {
-      lane_vectors(a, b, n, w, bd_t, s.lane_ks.data() + i0, std::min(kVectorLanes<T>, lanes - i0),
-                   s.lane_start.data(), s.vecs.data(), s.lane_work.data());
-    }
+  double* cols = s.cols.data();
+  for (int i0 = 0; i0 < lanes; i0 += kVectorLanes<T>) {
+    lane_vectors(a, b, n, w, bd, s.lane_ks.data() + i0, std::min(kVectorLanes<T>, lanes - i0),
+                 s.lane_start.data(), cols, s.lane_work.data());
   }
-  for (int g = 0; g < groups; g += 2) tridiag::orthogonalize_members(s.vecs.data(), n, s.groups[g], s.groups[g + 1]);
-  const double* vecs = s.vecs.data();
-  if (mode == 1) {
-    for (int k = 0; k < n; ++k) vec_out[k] = T(vecs[(size_t)k * n]);
-  } else {  // columns: vec_out[i * n + k] = component i of eigenvector k
-    for (int k = 0; k < n; ++k)
-      for (int i = 0; i < n; ++i) vec_out[(size_t)i * n + k] = T(vecs[(size_t)k * n + i]);
+  for (int g = 0; g < groups; g += 2) {
+    const int k_begin = s.groups[g], k_end = s.groups[g + 1];
+    columns_to_rows(cols, s.rows.data(), n, k_begin, k_end);
+    tridiag::orthogonalize_members(s.rows.data(), n, k_begin, k_end);
+    rows_to_columns(s.rows.data(), cols, n, k_begin, k_end);
   }
+  const size_t count = mode == 1 ? (size_t)n : (size_t)n * n;  // mode 1: row 0 of the columns
+  for (size_t j = 0; j < count; ++j) vec_out[j] = T(cols[j]);
 }
 
 std::tuple<at::Tensor, at::Tensor> tridiag_eigh_cpu(const at::Tensor& alpha_in,

@@ -60,7 +60,7 @@ __global__ void tridiag_kernel(const T* alpha, const T* beta, int n, int mode, T
     if (k > 0 && w64[k] - w64[k - 1] < ortol) continue;  // not the first member of its cluster
     const int e = tridiag::cluster_end(w64, n, k, ortol);
     if (e == k + 1) {
-      tridiag::inverse_iteration_isolated<double, 1>(a64, b64, n, w64, bd64, &k, 1, start, vecs, work);
+      tridiag::inverse_iteration_isolated<double, 1>(a64, b64, n, w64, bd64, &k, 1, start, vecs, n, 1, work);
     } else {
       tridiag::inverse_iteration_cluster(a64, b64, n, w64, bd64, k, e, start, vecs, work, piv);
     }

@@ -367,15 +367,17 @@ CURVEXT_HD void orthogonalize_members(T* vecs, int n, int k_begin, int k_end) {
 // Eigenvectors of L isolated eigenvalues w[ks[0..count)] at once (count <= L), the lanes of
 // every loop running in lockstep so the CPU build vectorises them; same algorithm as
 // inverse_iteration_cluster without Gram-Schmidt (two solves), all lanes starting from the
-// same pseudo-random vector `start` (n scalars in (-1, 1), see start_vector). Arithmetic in T,
-// unit rows vecs[k*n .. k*n+n) written in O. work: 6 n L scalars (layout [i][lane]).
+// same pseudo-random vector `start` (n scalars in (-1, 1), see start_vector). Arithmetic in T;
+// component i of unit vector k is written (as O) to vecs[k * k_stride + i * i_stride]: rows
+// with (n, 1), columns with (1, n). work: 6 n L scalars (layout [i][lane]).
 // Scaling is fused into the solves: the start is scaled to ~tiny, the first solve's backward
 // sweep records each lane's largest entry, and the second solve rescales to ~tiny as it goes,
 // so neither overflow nor underflow can occur whatever ||T||.
 template <typename T, int L, typename O>
 CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, const T* w,
                                                const Bounds<T>& bd, const int* ks, int count,
-                                               const T* start, O* vecs, T* work) {
+                                               const T* start, O* vecs, long long k_stride,
+                                               long long i_stride, T* work) {
   const T eps = Limits<T>::eps();
   const T norm = max_(bd.norm, Limits<T>::safe_min() / eps);
   const T tiny = eps * norm;
@@ -388,7 +390,7 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
   T shift[L];
   for (int l = 0; l < L; ++l) shift[l] = w[ks[min_(l, count - 1)]];
   if (n == 1) {
-    for (int l = 0; l < count; ++l) vecs[(long long)ks[l] * n] = O(1);
+    for (int l = 0; l < count; ++l) vecs[(long long)ks[l] * k_stride] = O(1);
     return;
   }
   // Factorisation, gttrf with per-lane pivoting expressed as selects; d keeps 1 / pivot.
@@ -431,7 +433,8 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
   }
   for (int i = 0; i < n; ++i) {
     const T r = start[i] * tiny;
-    CURVEXT_SIMD for (int l = 0; l < L; ++l) x[i * L + l] = r;
+    T* xi = x + i * L;  // row pointers: `x[i * L + l]` compiles to scatters/gathers
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) xi[l] = r;
   }
   T rescale[L], big[L], sgn[L];
   CURVEXT_SIMD for (int l = 0; l < L; ++l) rescale[l] = T(1);
@@ -450,7 +453,7 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
         x1[l] = swap ? xi - f[l] * xn : xn - f[l] * xi;
       }
     }
-    // Back substitution, tracking each lane's entry of largest magnitude and its sign.
+    // Back substitution.
     {
       T* xl = x + (n - 1) * L;
       T* xp = x + (n - 2) * L;
@@ -459,12 +462,8 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
       const T* duprev = du + (n - 2) * L;
       CURVEXT_SIMD for (int l = 0; l < L; ++l) {
         const T vl = xl[l] * dlast[l];
-        const T vp = (xp[l] - duprev[l] * vl) * dprev[l];
         xl[l] = vl;
-        xp[l] = vp;
-        const bool gt = abs_(vp) > abs_(vl);
-        big[l] = gt ? abs_(vp) : abs_(vl);
-        sgn[l] = (gt ? vp : vl) < T(0) ? T(-1) : T(1);
+        xp[l] = (xp[l] - duprev[l] * vl) * dprev[l];
       }
     }
     for (int i = n - 3; i >= 0; --i) {
@@ -474,16 +473,28 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
       const T* u1 = du + i * L;
       const T* u2 = du2 + i * L;
       const T* di = d + i * L;
-      CURVEXT_SIMD for (int l = 0; l < L; ++l) {
-        const T v = (x0[l] - u1[l] * x1[l] - u2[l] * x2[l]) * di[l];
-        x0[l] = v;
-        const bool gt = abs_(v) > big[l];
-        big[l] = gt ? abs_(v) : big[l];
-        sgn[l] = gt ? (v < T(0) ? T(-1) : T(1)) : sgn[l];
-      }
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) x0[l] = (x0[l] - u1[l] * x1[l] - u2[l] * x2[l]) * di[l];
+    }
+    // Each lane's largest magnitude (a separate pass: unconditional max, no data-dependent
+    // stores in the solve).
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) big[l] = T(0);
+    for (int i = 0; i < n; ++i) {
+      const T* xi = x + i * L;
+      CURVEXT_SIMD for (int l = 0; l < L; ++l) big[l] = max_(big[l], abs_(xi[l]));
     }
     CURVEXT_SIMD for (int l = 0; l < L; ++l) rescale[l] = tiny / big[l];
   }
+  // Sign: that of the entries of largest magnitude (summed, so the pass has no conditional
+  // stores; ties of opposite sign are the only ambiguous case, as in any convention).
+  CURVEXT_SIMD for (int l = 0; l < L; ++l) sgn[l] = T(0);
+  for (int i = 0; i < n; ++i) {
+    const T* xi = x + i * L;
+    CURVEXT_SIMD for (int l = 0; l < L; ++l) {
+      const T v = xi[l];
+      sgn[l] += abs_(v) == big[l] ? v : T(0);
+    }
+  }
+  CURVEXT_SIMD for (int l = 0; l < L; ++l) sgn[l] = sgn[l] < T(0) ? T(-1) : T(1);
   // Normalise (x / big has entries <= 1, so the sum of squares cannot overflow); the
   // largest-magnitude entry positive.
   T sq[L];
@@ -492,16 +503,26 @@ CURVEXT_HD_HOT void inverse_iteration_isolated(const T* a, const T* b, int n, co
     sq[l] = T(0);
   }
   for (int i = 0; i < n; ++i) {
+    const T* xi = x + i * L;
     CURVEXT_SIMD for (int l = 0; l < L; ++l) {
-      const T v = x[i * L + l] * rescale[l];
+      const T v = xi[l] * rescale[l];
       sq[l] += v * v;
     }
   }
   CURVEXT_SIMD for (int l = 0; l < L; ++l) rescale[l] *= sgn[l] / sqrt_(sq[l]);
-  for (int l = 0; l < count; ++l) {
-    const T scale_l = rescale[l];
-    O* out = vecs + (long long)ks[l] * n;
-    for (int i = 0; i < n; ++i) out[i] = O(x[i * L + l] * scale_l);
+  if (k_stride == 1 && ks[count - 1] - ks[0] == count - 1) {  // consecutive k: contiguous stores
+    O* out = vecs + ks[0];
+    for (int i = 0; i < n; ++i) {
+      const T* xi = x + i * L;
+      O* oi = out + (long long)i * i_stride;
+      CURVEXT_SIMD for (int l = 0; l < count; ++l) oi[l] = O(xi[l] * rescale[l]);
+    }
+  } else {
+    for (int l = 0; l < count; ++l) {
+      const T scale_l = rescale[l];
+      O* out = vecs + (long long)ks[l] * k_stride;
+      for (int i = 0; i < n; ++i) out[(long long)i * i_stride] = O(x[i * L + l] * scale_l);
+    }
   }
 }
 
