@@ -183,6 +183,31 @@ def test_lanczos_step_op_builds_orthonormal_basis_and_tridiagonal(device):
     assert (QAQ - T).abs().max() < 1e-12
 
 
+@pytest.mark.parametrize("dtype, eps", [(torch.float64, 2.0**-53), (torch.float32, 2.0**-24)])
+def test_lanczos_step_orthogonal_when_w_lies_mostly_in_the_basis(dtype, eps, device):
+    # w = (large part inside span(q_0..q_{j-2}), which the three-term recurrence leaves alone)
+    # + 1e-3 * (part outside): one Gram-Schmidt pass cancels ~all of w and leaves rounding of
+    # ~eps * ||w|| / ||r|| = 1e3 eps along the basis; the second pass must bring it to ~eps.
+    B, n, j = 2, 200, 6
+    g = torch.Generator().manual_seed(3)
+    Q = torch.linalg.qr(torch.randn(n, j + 1, generator=g, dtype=torch.float64))[0].T
+    basis = torch.zeros(B, j + 2, n, dtype=torch.float64)
+    basis[:, : j + 1] = Q
+    outside = torch.randn(B, n, generator=g, dtype=torch.float64)
+    outside -= (outside @ Q.T) @ Q
+    outside /= outside.norm(dim=1, keepdim=True)
+    w = torch.randn(B, j - 1, generator=g, dtype=torch.float64) @ Q[: j - 1] + 1e-3 * outside
+    basis, w = basis.to(dtype).to(device), w.to(dtype).to(device)
+    alpha = torch.zeros(B, j + 1, dtype=dtype, device=device)
+    beta = torch.zeros(B, j + 1, dtype=dtype, device=device)
+    flags = torch.ops.curvext.lanczos_step(basis, w, alpha, beta, torch.arange(B, device=device), j, 100 * eps, 0)
+    assert (flags == 0).all()
+    r = basis[:, j + 1].double().cpu()
+    Qd = basis[0, : j + 1].double().cpu()
+    assert (r.norm(dim=1) - 1).abs().max() < 10 * eps
+    assert (r @ Qd.T).abs().max() < 20 * eps  # one pass only would leave ~1e3 eps
+
+
 def test_lanczos_step_op_only_touches_indexed_samples():
     B, n = 4, 10
     basis = torch.zeros(B, 3, n, dtype=torch.float64)

@@ -26,11 +26,17 @@ CURVEXT_INLINE int step_one(T* Q, const T* w, T* al, T* be, int64_t j, int64_t n
   double alpha = cpu::dot(q, r, n);
   cpu::axpy(T(-alpha), q, r, n);
   if (j > 0) cpu::axpy(T(-be[j - 1]), Q + (j - 1) * n, r, n);
-  for (int pass = 0; pass < 2; ++pass) {  // full reorthogonalisation, twice is enough
+  // Full reorthogonalisation: a classical Gram-Schmidt pass, and a second one when the first
+  // removed enough of r that rounding may have left it non-orthogonal (lanczos::needs_second_pass).
+  const double before = cpu::norm2(r, n);
+  cpu::cgs_pass(Q, j + 1, n, r, h);
+  alpha += h[j];
+  double beta = cpu::norm2(r, n);
+  if (lanczos::needs_second_pass(before, beta)) {
     cpu::cgs_pass(Q, j + 1, n, r, h);
     alpha += h[j];
+    beta = cpu::norm2(r, n);
   }
-  double beta = cpu::norm2(r, n);
   al[j] = T(alpha);
   if (!lanczos::is_breakdown<T>(beta, applied, tol)) {
     be[j] = T(beta);

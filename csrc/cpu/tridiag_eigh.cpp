@@ -22,7 +22,8 @@ namespace curvext {
 namespace {
 
 // Lanes: eigenvalues bisected in lockstep. 64 gives several independent division chains per
-// Sturm step (the recurrence is latency bound otherwise); small matrices use 16.
+// Sturm step (the recurrence is latency bound otherwise: 64 idle-padded lanes beat three
+// groups of 16 from n = 17 on); matrices up to 16 use 16.
 template <typename T, int L>
 CURVEXT_HD_HOT void eigenvalues_lanes(const T* a, const T* b2, int n, const tridiag::Bounds<T>& bd,
                                       T* w, T* lo, int* counts) {
@@ -37,7 +38,7 @@ template <typename T>
 CURVEXT_HD_HOT void eigenvalues_impl(const T* a, const T* b, int n, T* w, T* b2, T* lo, int* counts) {
   for (int i = 0; i + 1 < n; ++i) b2[i] = b[i] * b[i];
   const tridiag::Bounds<T> bd = tridiag::bounds(a, b, n);
-  if (n >= 48) {
+  if (n >= 17) {
     eigenvalues_lanes<T, 64>(a, b2, n, bd, w, lo, counts);
   } else {
     eigenvalues_lanes<T, 16>(a, b2, n, bd, w, lo, counts);

@@ -15,6 +15,15 @@ CURVEXT_HD bool is_breakdown(double beta, double applied_norm, T tol) {
   return !(beta > double(tol) * applied_norm) || !(beta > 0.0);
 }
 
+// "Twice is enough" with the Daniel-Gragg-Kaufman-Stewart test (as ARPACK): after one classical
+// Gram-Schmidt pass took r from norm `before` to `after`, rounding left components along the
+// basis of at most ~eps * before, i.e. ~eps * before / after relative to r. Unless the pass
+// cancelled more than 1 - 1/sqrt(2) of the norm, that is already orthogonal to working accuracy;
+// otherwise a second pass is needed (and always suffices).
+CURVEXT_HD bool needs_second_pass(double before, double after) {
+  return !(after > 0.7071067811865476 * before);
+}
+
 // A restart direction is usable when reorthogonalisation keeps more than sqrt(eps) of it;
 // otherwise the basis already spans the whole space.
 template <typename T>
