@@ -81,11 +81,13 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
     min_after = max(2 * k, 10) if min_steps_after_restart is None else int(min_steps_after_restart)
 
     device, dtype = v0.device, v0.dtype
-    basis = torch.zeros(B, steps_cap + 1, n, device=device, dtype=dtype)
+    # Row j+1 of a sample's basis is written by its step j; rows past its last step are zeroed
+    # when it stops (zero-filling the whole (B, M+1, n) buffer up front costs ~a step's time).
+    basis = torch.empty(B, steps_cap + 1, n, device=device, dtype=dtype)
     basis[:, 0] = flat0 / flat0.norm(dim=1, keepdim=True)
     alpha = torch.zeros(B, steps_cap, device=device, dtype=dtype)
     beta = torch.zeros(B, steps_cap, device=device, dtype=dtype)
-    steps = torch.zeros(B, dtype=torch.long)
+    steps = torch.full((B,), steps_cap, dtype=torch.long)  # lowered when a sample stops early
     block_start = torch.zeros(B, dtype=torch.long)  # first step of the current Krylov block
     identity_rest = torch.zeros(B, dtype=torch.bool)  # A = c I on the complement of the basis
     active = torch.arange(B, device=device)
@@ -95,24 +97,33 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
         current = basis[:, j] if active_host.numel() == B else basis[active, j]
         w = _operator.apply(op, current, active, shape, check=(j == 0))
         flags = _ops.ops.lanczos_step(basis, w, alpha, beta, active, j, bt, seed)
-        bad = flags == _FLAG_NONFINITE
-        steps[active_host] += 1
         check = j + 1 >= k and ((j + 1) % max(1, (j + 1) // 10) == 0 or j + 1 == steps_cap)
-        done = _converged_now(alpha, beta, active, j, k, which, tol) if check else flags < 0
-        restarted = flags == _FLAG_BREAKDOWN
-        exhausted = flags == _FLAG_EXHAUSTED
         # One synchronisation per step: everything the driver needs on the host.
-        host = torch.stack([bad, restarted, exhausted, done]).cpu()
-        if bool(host[0].any()):
-            _operator.raise_nonfinite(active_host[host[0]].tolist())
+        if check:
+            done = _converged_now(alpha, beta, active, j, k, which, tol)
+            host = torch.stack([flags, done.to(flags.dtype)]).cpu()
+            host_flags, host_done = host[0], host[1].bool()
+        else:
+            host_flags, host_done = flags.cpu(), None
+        if not bool(host_flags.any()) and (host_done is None or not bool(host_done.any())):
+            continue  # the common step: nothing to decide
+        if host_done is None:
+            host_done = torch.zeros_like(host_flags, dtype=torch.bool)
+        restarted = host_flags == _FLAG_BREAKDOWN
+        if bool((host_flags == _FLAG_NONFINITE).any()):
+            _operator.raise_nonfinite(active_host[host_flags == _FLAG_NONFINITE].tolist())
         # A fresh direction that breaks down at once is an eigenvector of A restricted to the
         # complement of the basis, so A is a multiple of the identity there: nothing left to find.
-        immediate = host[1] & (block_start[active_host] == j) & (j > 0)
+        immediate = restarted & (block_start[active_host] == j) & (j > 0)
         identity_rest[active_host[immediate]] = True
-        block_start[active_host[host[1]]] = j + 1
+        block_start[active_host[restarted]] = j + 1
         long_enough = (j + 1 - block_start[active_host]) >= min(min_after, n)
-        finished = host[2] | immediate | (host[3] & long_enough & ~host[1])
+        finished = (host_flags == _FLAG_EXHAUSTED) | immediate | (host_done & long_enough & ~restarted)
         if bool(finished.any()):
+            stopped = active_host[finished]
+            steps[stopped] = j + 1
+            if j + 2 <= steps_cap:
+                basis[stopped.to(device), j + 2 :] = 0
             keep = ~finished
             active_host = active_host[keep]
             active = active[keep.to(device)]
