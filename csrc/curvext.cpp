@@ -12,7 +12,8 @@ TORCH_LIBRARY(curvext, m) {
   // One Lanczos step for the samples `index` (b,) of a batch, in place.
   // basis (B, M+1, n) holds the Lanczos vectors q_0..q_j of each sample; w (b, n) = A q_j.
   // Writes alpha[s, step], beta[s, step] and basis[s, step+1] after full reorthogonalisation
-  // (two classical Gram-Schmidt passes). Returns a per-sample flag (b,) int32:
+  // (classical Gram-Schmidt; a second pass when the first cancelled most of r, see
+  // lanczos_rules.h; the CUDA kernel always runs two). Returns a per-sample flag (b,) int32:
   // 0 ok, 1 breakdown (invariant subspace; beta = 0 and q_{step+1} is a fresh direction
   // orthogonal to the basis), 2 breakdown with the whole space exhausted (q_{step+1} = 0),
   // 3 w has a non-finite entry (nothing else written).
