@@ -84,7 +84,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None)
     p.add_argument("--images", type=int, default=64)
-    p.add_argument("--directions", type=int, default=8)
+    p.add_argument("--directions", type=int, default=16)
     p.add_argument("--classes", type=int, default=9)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)

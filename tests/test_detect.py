@@ -96,6 +96,8 @@ def test_bad_inputs():
         CurvatureDetector(model, method="exact")
     with pytest.raises(ValueError, match="num_directions must be a positive int"):
         CurvatureDetector(model, num_directions=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        CurvatureDetector(model, batch_size=0)
     train_model = SmoothNet(torch.nn.Softplus()).train()
     with pytest.raises(ValueError, match="must be in eval mode"):
         CurvatureDetector(train_model)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvext.quadratic_forms import class_curvatures, logit_quadratic_forms
+from curvext.quadratic_forms import (_hessian_normal_rows, _hessian_normal_vectorised,
+                                     _second_directional_derivatives, _second_directional_rows,
+                                     class_curvatures, hessian_normal_products, logit_quadratic_forms)
 
 
 class Quadratic(torch.nn.Module):
@@ -105,3 +107,80 @@ def test_chunking_does_not_change_results():
         whole = logit_quadratic_forms(model, x, V, method, 0.1, max_rows=10_000)
         pieces = logit_quadratic_forms(model, x, V, method, 0.1, max_rows=6)
         torch.testing.assert_close(whole, pieces)
+
+
+class SmoothConvNet(torch.nn.Module):
+    """Conv + eval-mode BatchNorm + softplus + average pool: the layers vmap has to batch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Softplus(),
+            torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, 6)).double()
+        with torch.no_grad():
+            self.net[1].running_mean.uniform_(-0.5, 0.5)
+            self.net[1].running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_vectorised_passes_equal_the_per_row_fallback():
+    # The vmapped passes share each image's forward; the fallback repeats it per row. Same math,
+    # different batching: equal to rounding.
+    model = SmoothConvNet().eval()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    V = torch.nn.functional.normalize(torch.randn(5, 32, dtype=torch.float64), dim=1).reshape(5, 2, 4, 4)
+    rows_x = x.repeat_interleave(5, dim=0)
+    rows_v = V.repeat(3, 1, 1, 1)
+    torch.testing.assert_close(_second_directional_derivatives(model, x, V),
+                               _second_directional_rows(model, rows_x, rows_v).reshape(3, 5, 6),
+                               rtol=1e-10, atol=1e-12)
+    pred = model(x).argmax(1)
+    cls = competing(pred, 6, 4)
+    for got, want in zip(_hessian_normal_vectorised(model, x, cls, pred), _hessian_normal_rows(model, x, cls, pred)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+class _Cube(torch.autograd.Function):
+    """x^3 with backward only: double backward works, torch.func.vmap does not."""
+
+    @staticmethod
+    def forward(x):
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 3 * x * x * grad
+
+
+class CubeNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.l1, self.l2 = torch.nn.Linear(6, 8).double(), torch.nn.Linear(8, 3).double()
+
+    def forward(self, x):
+        return self.l2(_Cube.apply(self.l1(x.flatten(1))))
+
+
+def test_hessian_normal_products_fall_back_when_vmap_cannot_batch_the_model(caplog):
+    model = CubeNet().eval()
+    x = torch.randn(2, 6, dtype=torch.float64)
+    cls, pred = torch.tensor([[1, 2], [0, 2]]), torch.tensor([0, 1])
+    with caplog.at_level("WARNING", logger="curvext.quadratic_forms"):
+        grad, hn = hessian_normal_products(model, x, cls, pred, "autograd", 0.0)
+    assert "falling back" in caplog.text
+    for b in range(2):
+        for k in range(2):
+            F = lambda z, i=int(cls[b, k]), j=int(pred[b]): model(z.unsqueeze(0))[0, i] - model(z.unsqueeze(0))[0, j]
+            H = torch.autograd.functional.hessian(F, x[b])
+            g = torch.autograd.functional.jacobian(F, x[b])
+            torch.testing.assert_close(grad[2 * b + k], g, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(hn[2 * b + k], H @ (g / g.norm()), rtol=1e-10, atol=1e-12)
