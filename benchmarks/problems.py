@@ -36,10 +36,17 @@ def diag_plus_low_rank(B=64, n=3072, rank=10, dtype=torch.float32, device="cpu",
     U = torch.linalg.qr(torch.randn(B, n, rank, generator=g))[0].to(dtype).to(device)
     c = (torch.randn(B, rank, generator=g) * 5).to(dtype).to(device)
 
+    everyone = torch.arange(B, device=device)
+
     def op(V, index):
         Vf = V.reshape(V.shape[0], -1)
-        low = torch.einsum("bnr,br->bn", U[index], c[index] * torch.einsum("bnr,bn->br", U[index], Vf))
-        return (d[index] * Vf + low).reshape(V.shape)
+        # Gathering U for a full batch would copy B*n*rank numbers per call (2.5 ms, more than the
+        # products): index the factors only when some samples have left.
+        full = index.numel() == B and torch.equal(index, everyone)
+        Ui, ci, di = (U, c, d) if full else (U[index], c[index], d[index])
+        coef = ci * torch.bmm(Vf.unsqueeze(1), Ui).squeeze(1)  # (b, rank)
+        low = torch.bmm(Ui, coef.unsqueeze(2)).squeeze(2)
+        return (di * Vf + low).reshape(V.shape)
 
     def matvec(s, v):
         return d[s] * v + U[s] @ (c[s] * (U[s].T @ v))

@@ -100,7 +100,7 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
         check = j + 1 >= k and ((j + 1) % max(1, (j + 1) // 10) == 0 or j + 1 == steps_cap)
         # One synchronisation per step: everything the driver needs on the host.
         if check:
-            done = _converged_now(alpha, beta, active, j, k, which, tol)
+            done = _converged_now(alpha, beta, active, j, k, which, tol, active_host.numel() == B)
             host = torch.stack([flags, done.to(flags.dtype)]).cpu()
             host_flags, host_done = host[0], host[1].bool()
         else:
@@ -132,20 +132,35 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
     return _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors, identity_rest, seed)
 
 
-def _converged_now(alpha, beta, active, j, k, which, tol) -> torch.Tensor:
-    """``(b,)`` bool on device: all k wanted Ritz pairs of T_{j+1} meet the residual test."""
+def _converged_now(alpha, beta, active, j, k, which, tol, everyone: bool) -> torch.Tensor:
+    """``(b,)`` bool on device: all k wanted Ritz pairs of T_{j+1} meet the residual test.
+
+    Every active sample has the same size m = j + 1 here, so the wanted columns are slices (a
+    top-k only for "LM"); ``everyone``: all B samples are active (no gather). This runs every
+    few steps, so it is written with as few tensor operations as possible."""
     m = j + 1
     if m < k:
         return torch.zeros(active.shape[0], dtype=torch.bool, device=alpha.device)
-    a = alpha[active, :m]
-    b = beta[active, : m - 1]
+    if everyone:
+        a, b, beta_m = alpha[:, :m], beta[:, : m - 1], beta[:, j]
+    else:
+        a, b, beta_m = alpha[active, :m], beta[active, : m - 1], beta[active, j]
     # First components of the eigenvectors of the reversed matrix = last components here.
-    theta, last = _ops.ops.tridiag_eigh(a.flip(1).contiguous(), b.flip(1).contiguous(), _ops.TRIDIAG_FIRST)
-    sizes = torch.full((a.shape[0],), m, device=a.device, dtype=torch.long)
-    idx, _ = select(theta, sizes, k, which)
-    res = beta[active, j].abs().unsqueeze(1) * last.gather(1, idx).abs()
-    scale = theta.abs().amax(dim=1, keepdim=True)
-    return (res <= tol * scale).all(dim=1)
+    theta, last = _ops.ops.tridiag_eigh(a.flip(1), b.flip(1), _ops.TRIDIAG_FIRST)
+    last = last.abs()
+    if which == "LA":
+        worst = last[:, m - k :].amax(dim=1)
+    elif which == "SA":
+        worst = last[:, :k].amax(dim=1)
+    elif which == "BE":
+        hi, lo = (k + 1) // 2, k // 2
+        worst = last[:, m - hi :].amax(dim=1)
+        if lo:
+            worst = torch.maximum(worst, last[:, :lo].amax(dim=1))
+    else:  # LM
+        worst = last.gather(1, theta.abs().topk(k, dim=1).indices).amax(dim=1)
+    scale = torch.maximum(theta[:, 0].abs(), theta[:, -1].abs())  # theta ascending
+    return beta_m.abs() * worst <= tol * scale
 
 
 def _padded_tridiagonal(alpha, beta, steps):
