@@ -64,6 +64,7 @@ def _second_directional_derivatives(model, x: torch.Tensor, V: torch.Tensor) -> 
     return vmap(along)(V).transpose(0, 1)
 
 
+@torch.no_grad()  # forward passes and forward-mode AD only: no reverse graph over the weights
 def logit_quadratic_forms(model, x: torch.Tensor, V: torch.Tensor, method: str, h: float,
                           max_rows: int = 4096) -> torch.Tensor:
     """``q[b, j, l] = v_j^T (Hessian of logit l at x_b) v_j`` as ``(B, T, L)``.
@@ -147,10 +148,12 @@ def hessian_normal_products(model, x, cls, predicted, method: str, h: float):
     return flat, ((gp - gm) / (2 * h)).reshape(B * K, -1)
 
 
+@torch.no_grad()  # torch.func's own vjp/jvp still run; the weights' graph is not recorded
 def _hessian_normal_vectorised(model, x, cls, predicted):
     """Exact ``(grad, hn)`` as in :func:`hessian_normal_products`, vmapped over the K classes
     with ``x`` unbatched: gradients by one vjp per class on a shared forward, then ``H_i n_i`` by
-    forward-over-reverse."""
+    forward-over-reverse. Runs under no_grad, so weights that require grad cost nothing extra
+    (torch.func transforms ignore the outer mode for their own derivatives)."""
     B, K = cls.shape
     x = x.detach()
     logits, pullback = vjp(model, x)
