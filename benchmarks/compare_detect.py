@@ -43,7 +43,7 @@ def reference_rho(model, x, V, K):
                 v = v.reshape(xb.shape)
                 u = v - (n * v).sum() * n
                 (hu,) = torch.autograd.grad(g, xb, grad_outputs=u, retain_graph=True)
-                total += float((u * hu).sum() / gn)
+                total += float(((u * hu).sum() / gn).detach())
         rhos.append(total / ((len(order) + 1) * V.shape[0]))
     return torch.tensor(rhos, dtype=torch.float64)
 
