@@ -1,7 +1,8 @@
-// CPU kernel of curvext::tridiag_eigh: one task per matrix (at::parallel_for over the batch).
-// Bisection runs kLanes eigenvalues of a matrix in lockstep so the Sturm recurrence vectorises
-// (compiled for AVX-512, AVX2 and baseline x86-64, picked at run time); the math itself is
-// curvext/tridiag.h, shared with the CUDA kernel. Eigenvectors: inverse iteration in SIMD lanes
+// CPU kernel of curvext::tridiag_eigh: tasks of consecutive matrices (at::parallel_for over the
+// batch). Bisection runs 64 eigenvalues in lockstep so the Sturm recurrence vectorises
+// (compiled for AVX-512, AVX2 and baseline x86-64, picked at run time): those of one matrix
+// from n = 64 on, (matrix, eigenvalue) pairs of several matrices below (packed_bisection.h);
+// the math itself is curvext/tridiag.h, shared with the CUDA kernel. Eigenvectors: inverse iteration in SIMD lanes
 // in the input's precision for every eigenvalue whose gaps exceed ~100x its error (a
 // Gram-Schmidt clean-up inside groups closer than 1e-3 ||T||), stein's scalar float64 path
 // for the rest (gaps near the eigenvalues' own error; ~0.1% of a random tridiagonal's).
@@ -16,6 +17,7 @@
 #include "blas1.h"
 #include "curvext/checks.h"
 #include "curvext/tridiag.h"
+#include "packed_bisection.h"
 
 
 namespace curvext {
@@ -53,6 +55,20 @@ CURVEXT_SIMD_CLONES void eigenvalues(const float* a, const float* b, int n, floa
 CURVEXT_SIMD_CLONES void eigenvalues(const double* a, const double* b, int n, double* w, double* b2,
                                      double* lo, int* counts) {
   eigenvalues_impl(a, b, n, w, b2, lo, counts);
+}
+
+// Matrices smaller than this many lanes are bisected with lanes packed across matrices: one
+// matrix per pass would leave 64 - n lanes idle (3x the time at n = 20).
+constexpr int kPackedLanes = 64;
+
+CURVEXT_SIMD_CLONES void packed_eigenvalues(const float* a, const float* b, int n, int64_t count,
+                                            float* w, cpu::PackedBisectionScratch<float>& s) {
+  cpu::packed_eigenvalues<float, kPackedLanes>(a, b, n, count, w, s);
+}
+
+CURVEXT_SIMD_CLONES void packed_eigenvalues(const double* a, const double* b, int n, int64_t count,
+                                            double* w, cpu::PackedBisectionScratch<double>& s) {
+  cpu::packed_eigenvalues<double, kPackedLanes>(a, b, n, count, w, s);
 }
 
 // Eigenvectors in SIMD lanes (tridiag::inverse_iteration_isolated), in the input's precision:
@@ -134,9 +150,11 @@ void stein_cluster(const T* a, const T* b, int n, const T* w, int k_begin, int k
   rows_to_columns(s.rows.data(), s.cols.data(), n, k_begin, k_end);
 }
 
+// One matrix: eigenvalues w (unless `have_values`: computed for the whole task already), then
+// the vectors or their first components as `mode` asks.
 template <typename T>
-void solve_one(const T* a, const T* b, int n, int mode, T* w, T* vec_out, Scratch<T>& s) {
-  eigenvalues(a, b, n, w, s.b2.data(), s.lo.data(), s.counts.data());
+void solve_one(const T* a, const T* b, int n, int mode, T* w, T* vec_out, Scratch<T>& s, bool have_values) {
+  if (!have_values) eigenvalues(a, b, n, w, s.b2.data(), s.lo.data(), s.counts.data());
   if (mode == 0) return;
   const tridiag::Bounds<T> bd = tridiag::bounds(a, b, n);
   const T ortol = tridiag::cluster_tolerance(bd);
@@ -193,11 +211,16 @@ std::tuple<at::Tensor, at::Tensor> tridiag_eigh_cpu(const at::Tensor& alpha_in,
     scalar_t* w = values.data_ptr<scalar_t>();
     scalar_t* z = mode == 0 ? nullptr : vectors.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 2048 / ((int64_t)n * n + 1));
+    const bool packed = n < kPackedLanes;
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
       Scratch<scalar_t> scratch(n, mode != 0);
+      if (packed) {
+        cpu::PackedBisectionScratch<scalar_t> lanes;
+        packed_eigenvalues(a + begin * n, b + begin * (n - 1), n, end - begin, w + begin * n, lanes);
+      }
       for (int64_t s = begin; s < end; ++s) {
         solve_one<scalar_t>(a + s * n, b + s * (n - 1), n, (int)mode, w + s * n,
-                            z == nullptr ? nullptr : z + s * vec_stride, scratch);
+                            z == nullptr ? nullptr : z + s * vec_stride, scratch, packed);
       }
     });
   });
