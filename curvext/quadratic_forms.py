@@ -42,6 +42,8 @@ def _vectorised_or_rows(vectorised, rows, what: str):
     """``vectorised()``, or ``rows()`` with a warning when functorch cannot batch the model."""
     try:
         return vectorised()
+    except torch.OutOfMemoryError:
+        raise  # the per-row passes need as much memory: score fewer images at once
     except RuntimeError as err:
         logger.warning("%s: torch.func.vmap could not batch the model (%s); falling back to "
                        "per-row passes, which repeat each image's forward pass", what,
