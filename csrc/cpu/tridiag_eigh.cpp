@@ -2,10 +2,11 @@
 // batch). Bisection runs 64 eigenvalues in lockstep so the Sturm recurrence vectorises
 // (compiled for AVX-512, AVX2 and baseline x86-64, picked at run time): those of one matrix
 // from n = 64 on, (matrix, eigenvalue) pairs of several matrices below (packed_bisection.h);
-// the math itself is curvext/tridiag.h, shared with the CUDA kernel. Eigenvectors: inverse iteration in SIMD lanes
-// in the input's precision for every eigenvalue whose gaps exceed ~100x its error (a
-// Gram-Schmidt clean-up inside groups closer than 1e-3 ||T||), stein's scalar float64 path
-// for the rest (gaps near the eigenvalues' own error; ~0.1% of a random tridiagonal's).
+// the math itself is curvext/tridiag.h, shared with the CUDA kernel. Eigenvectors: inverse
+// iteration in SIMD lanes in the input's precision for every eigenvalue whose gaps exceed ~100x
+// its error (a Gram-Schmidt clean-up inside groups closer than 1e-3 ||T||), stein's scalar
+// float64 path for the rest (gaps near the eigenvalues' own error; ~0.1% of a random
+// tridiagonal's).
 // float32 on random tridiagonals: residuals ~1 eps ||T||, orthogonality ~10 eps (median),
 // the same order as torch.linalg.eigh in float32.
 #include <ATen/ATen.h>

@@ -47,3 +47,26 @@ def select(theta: torch.Tensor, sizes: torch.Tensor, k: int, which: str) -> tupl
     valid = (idx >= 0) & (idx < sizes)
     idx = torch.where(valid, idx, torch.zeros_like(idx))
     return idx.long(), valid
+
+
+def worst_wanted(score: torch.Tensor, theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    """``(B,)``: the largest ``score`` over the wanted columns of full spectra, with the rules of
+    :func:`select` when every row has all ``m >= k`` values (no padding). Slices instead of
+    gathers, for the Lanczos convergence test that runs every few steps.
+
+    Args:
+        score: ``(B, m)`` one number per Ritz value (e.g. a residual factor).
+        theta: ``(B, m)`` the values, ascending.
+    """
+    m = theta.shape[1]
+    if which == "LA":
+        return score[:, m - k :].amax(dim=1)
+    if which == "SA":
+        return score[:, :k].amax(dim=1)
+    if which == "BE":
+        hi, lo = (k + 1) // 2, k // 2
+        top = score[:, m - hi :].amax(dim=1)
+        return torch.maximum(top, score[:, :lo].amax(dim=1)) if lo else top
+    if which == "LM":
+        return score.gather(1, theta.abs().topk(k, dim=1).indices).amax(dim=1)
+    raise ValueError(f"which must be one of {sorted(WHICH)}, got {which!r}")

@@ -12,7 +12,7 @@ import torch
 
 from curvext import _ops
 from curvext.linalg import _operator, _validate
-from curvext.linalg._selection import WHICH, select
+from curvext.linalg._selection import WHICH, select, worst_wanted
 from curvext.linalg.result import EigResult
 
 _FLAG_BREAKDOWN, _FLAG_EXHAUSTED, _FLAG_NONFINITE = 1, 2, 3
@@ -135,8 +135,8 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
 def _converged_now(alpha, beta, active, j, k, which, tol, everyone: bool) -> torch.Tensor:
     """``(b,)`` bool on device: all k wanted Ritz pairs of T_{j+1} meet the residual test.
 
-    Every active sample has the same size m = j + 1 here, so the wanted columns are slices (a
-    top-k only for "LM"); ``everyone``: all B samples are active (no gather). This runs every
+    Every active sample has the same size m = j + 1 here, so the wanted columns are slices
+    (:func:`worst_wanted`); ``everyone``: all B samples are active (no gather). This runs every
     few steps, so it is written with as few tensor operations as possible."""
     m = j + 1
     if m < k:
@@ -147,18 +147,7 @@ def _converged_now(alpha, beta, active, j, k, which, tol, everyone: bool) -> tor
         a, b, beta_m = alpha[active, :m], beta[active, : m - 1], beta[active, j]
     # First components of the eigenvectors of the reversed matrix = last components here.
     theta, last = _ops.ops.tridiag_eigh(a.flip(1), b.flip(1), _ops.TRIDIAG_FIRST)
-    last = last.abs()
-    if which == "LA":
-        worst = last[:, m - k :].amax(dim=1)
-    elif which == "SA":
-        worst = last[:, :k].amax(dim=1)
-    elif which == "BE":
-        hi, lo = (k + 1) // 2, k // 2
-        worst = last[:, m - hi :].amax(dim=1)
-        if lo:
-            worst = torch.maximum(worst, last[:, :lo].amax(dim=1))
-    else:  # LM
-        worst = last.gather(1, theta.abs().topk(k, dim=1).indices).amax(dim=1)
+    worst = worst_wanted(last.abs(), theta, k, which)
     scale = torch.maximum(theta[:, 0].abs(), theta[:, -1].abs())  # theta ascending
     return beta_m.abs() * worst <= tol * scale
 
