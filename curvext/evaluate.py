@@ -6,9 +6,11 @@ rho, max-softmax, feature squeezing): detection AUC, accuracy at the best thresh
 FPR, and for curvext the label-recovery accuracy. The curvature orientation is read from clean
 data alone (see :mod:`curvext.detect`) and reported.
 
-Resumable: with ``out_dir``, each attack's adversarial images and scores are saved as soon as
-they are computed (``<out_dir>/cache/<attack>-<key>.pt``) and reused by a rerun with the same
-settings, so a killed run loses at most the attack in progress.
+Resumable: with ``out_dir``, each attack's adversarial images are saved as soon as they are
+computed (``<out_dir>/cache/attack-<attack>-<key>.pt``, keyed by the images and the caller's
+settings only) and their scores beside them (``scores-<attack>-<key>.pt``, keyed by the detector's
+settings too). A killed run loses at most the step in progress, and a rerun with another scale
+``h``, T or K scores the cached adversarial images again instead of attacking again.
 """
 from __future__ import annotations
 
@@ -138,8 +140,9 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 correctly classified images, got {x.shape[0]}")
     settings = dict(settings or {})
-    settings.update(n=int(x.shape[0]), digest=hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest()[:12],
-                    method=detector.method, h=detector.h, T=detector.num_directions, K=detector.classes,
+    settings.update(n=int(x.shape[0]), digest=hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest()[:12])
+    attack_key = _key(settings)  # attacks do not depend on the detector: a new h or T reuses them
+    settings.update(method=detector.method, h=detector.h, T=detector.num_directions, K=detector.classes,
                     estimator=detector.estimator, seed=detector.seed)
     key = _key(settings)
     cache = None if out_dir is None else Path(out_dir) / "cache"
@@ -154,14 +157,19 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     for name, fn in bar:
         bar.set_postfix_str(name)
 
-        def run(fn=fn):
+        def attack(fn=fn):
             res = fn(model, x, y)
-            adv = res.adversarial[res.success]
-            out = {"success": res.success.cpu(), "norms": res.norms.double().cpu()}
-            out.update(_scores(model, detector, adv) if adv.shape[0] else {})
-            return out
+            return {"success": res.success.cpu(), "norms": res.norms.double().cpu(),
+                    "adversarial": res.adversarial[res.success].cpu()}
 
-        r = _cached(None if cache is None else cache / f"{name}-{key}.pt", run)
+        a = _cached(None if cache is None else cache / f"attack-{name}-{attack_key}.pt", attack)
+
+        def score(a=a):
+            adv = a["adversarial"].to(x.device)
+            return _scores(model, detector, adv) if adv.shape[0] else {}
+
+        r = {"success": a["success"], "norms": a["norms"]}
+        r.update(_cached(None if cache is None else cache / f"scores-{name}-{key}.pt", score))
         rows.extend(_rows(name, r, clean, y, sign, recovery, fpr))
         if "rho" in r:
             rho_perturbed[name] = r["rho"].numpy()

@@ -45,6 +45,16 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     rep2 = evaluate(digits_model, test.images, test.labels, detector=det, attacks=spy, out_dir=tmp_path,
                     progress=False)
     assert calls == [] and rep2.dataframe().equals(rep.dataframe())
+    # Another scale h scores the same cached adversarial images again: no attack runs, the
+    # attacks' rows (success, norms, baselines) are unchanged and curvext's rho is not.
+    det_h = CurvatureDetector(digits_model, num_directions=4, method="fd2", h=0.5)
+    rep3 = evaluate(digits_model, test.images, test.labels, detector=det_h, attacks=spy, out_dir=tmp_path,
+                    progress=False)
+    assert calls == []
+    base = [(r.attack, r.score, r.success_rate, r.median_norm, r.auc) for r in rep.rows if r.score != "curvext"]
+    assert base == [(r.attack, r.score, r.success_rate, r.median_norm, r.auc) for r in rep3.rows
+                    if r.score != "curvext"]
+    assert not np.allclose(rep3.rho_perturbed["pgd-l2"], rho_p)
     paths = write_outputs(rep, tmp_path / "out")
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
 
@@ -60,3 +70,23 @@ def test_demo_command_runs(tmp_path, monkeypatch, capsys):
 def test_evaluate_command_needs_data_dir_for_mnist(capsys):
     assert main(["evaluate", "--dataset", "mnist"]) == 2
     assert "--data-dir" in capsys.readouterr().err
+
+
+def test_evaluate_command_compares_scales_on_one_set_of_attacks(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
+    args = ["evaluate", "--images", "40", "--directions", "4", "--h", "0.1,0.5", "--no-progress",
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "## curvext by scale" in out and "| lenet-relu | fd2 | 0.1 |" in out and "| lenet-relu | fd2 | 0.5 |" in out
+    attacks = sorted(p.name for p in (tmp_path / "out" / "cache").glob("attack-*.pt"))
+    assert len(attacks) == 4  # one file per attack, shared by both scales
+    assert len(list((tmp_path / "out" / "cache").glob("scores-*.pt"))) == 8
+    assert (tmp_path / "out" / "eval-digits-lenet-relu-h0.5-roc.png").is_file()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "a", "0.1,,inf", ""])
+def test_evaluate_command_rejects_bad_scales(bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--h", bad])
+    assert "--h" in capsys.readouterr().err

@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=300, help="test images to use")
     p.add_argument("--method", default=None, choices=("autograd", "fd", "fd2"),
                    help="curvature measurement (default: autograd for smooth, fd2 for relu models)")
-    p.add_argument("--h", type=float, default=0.1, help="finite-difference scale (l2, input units)")
+    p.add_argument("--h", type=_scales, default=[0.1], metavar="H[,H...]",
+                   help="finite-difference scale (l2, input units); several, comma separated, compare scales "
+                        "on the same adversarial images (attacked once)")
     p.add_argument("--directions", type=int, default=16, help="random directions T")
     p.add_argument("--classes", type=int, default=None, help="competing classes K (default: all)")
     p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
@@ -35,6 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/curvext or $CURVEXT_CACHE)")
     p.add_argument("--out", default="curvext-out", help="folder for tables, plots and the resumable cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _scales(text: str) -> list[float]:
+    """``"0.05,0.1"`` -> ``[0.05, 0.1]``; every scale must be a positive number."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}") from None
+    if not values or any(not v > 0 or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive finite numbers separated by commas, got {text!r}")
+    return values
 
 
 def add_parser(sub) -> None:
@@ -58,6 +71,7 @@ def _models(args):
 
 def run(args) -> int:
     from curvext import data
+    from curvext._model_checks import is_piecewise_linear
     from curvext.detect import CurvatureDetector
     from curvext.evaluate import attack_suite, evaluate, write_outputs
 
@@ -70,25 +84,45 @@ def run(args) -> int:
         test = data.load_digits("test", seed=args.seed).subset(args.images)
     attacks = attack_suite(eps_linf=args.eps_linf, eps_l2=args.eps_l2, cw_confidence=args.cw_confidence,
                            seed=args.seed)
+    summary = []
     for label, model, accuracy in _models(args):
-        t0 = time.perf_counter()
-        from curvext._model_checks import is_piecewise_linear
-
         method = args.method or (RELU_DEFAULT_METHOD if is_piecewise_linear(model) else SMOOTH_DEFAULT_METHOD)
-        detector = CurvatureDetector(model, num_directions=args.directions, classes=args.classes, method=method,
-                                     h=args.h if method != "autograd" else None, orientation=args.orientation,
-                                     seed=args.seed)
-        settings = dict(model=label, dataset=args.dataset, eps_linf=args.eps_linf, eps_l2=args.eps_l2,
-                        cw=args.cw_confidence, attack_seed=args.seed)
-        report = evaluate(model, test.images, test.labels, detector=detector, attacks=attacks, out_dir=args.out,
-                          settings=settings, progress=not args.no_progress)
-        paths = write_outputs(report, args.out, prefix=f"eval-{args.dataset}-{label}")
-        acc = "" if accuracy is None else f", test accuracy {100 * accuracy:.1f}%"
-        h = "" if method == "autograd" else f", h={detector.h}"
-        print(f"\n## {label} on {args.dataset}{acc}: method {method}{h}, T={args.directions}, "
-              f"{report.n_clean} correctly classified images, {time.perf_counter() - t0:.0f} s")
-        print(f"perturbed expected {report.orientation}, recovery by {report.settings['recovery']} curvature; "
-              f"clean images with rho < 0: {100 * report.clean_sign_share:.1f}%\n")
-        print(report.table())
-        print(f"\nwrote {', '.join(str(p) for p in paths)}")
+        for h in [None] if method == "autograd" else args.h:
+            t0 = time.perf_counter()
+            detector = CurvatureDetector(model, num_directions=args.directions, classes=args.classes, method=method,
+                                         h=h, orientation=args.orientation, seed=args.seed)
+            settings = dict(model=label, dataset=args.dataset, eps_linf=args.eps_linf, eps_l2=args.eps_l2,
+                            cw=args.cw_confidence, attack_seed=args.seed)
+            report = evaluate(model, test.images, test.labels, detector=detector, attacks=attacks, out_dir=args.out,
+                              settings=settings, progress=not args.no_progress)
+            suffix = f"-h{h:g}" if h is not None and len(args.h) > 1 else ""
+            paths = write_outputs(report, args.out, prefix=f"eval-{args.dataset}-{label}{suffix}")
+            acc = "" if accuracy is None else f", test accuracy {100 * accuracy:.1f}%"
+            scale = "" if method == "autograd" else f", h={detector.h:g}"
+            print(f"\n## {label} on {args.dataset}{acc}: method {method}{scale}, T={args.directions}, "
+                  f"{report.n_clean} correctly classified images, {time.perf_counter() - t0:.0f} s")
+            print(f"perturbed expected {report.orientation}, recovery by {report.settings['recovery']} curvature; "
+                  f"clean images with rho < 0: {100 * report.clean_sign_share:.1f}%\n")
+            print(report.table())
+            print(f"\nwrote {', '.join(str(p) for p in paths)}")
+            summary.append((label, method, detector.h, report))
+    if len(args.h) > 1:
+        print("\n## curvext by scale (AUC / recovery at the best threshold)\n")
+        print(scale_table(summary))
     return 0
+
+
+def scale_table(summary: list) -> str:
+    """Markdown table, one row per (model, method, h), one column per attack: curvext's AUC and
+    recovery at the best threshold, and the orientation found."""
+    attacks = list(dict.fromkeys(r.attack for *_, rep in summary for r in rep.rows))
+    lines = ["| model | method | h | orientation | " + " | ".join(attacks) + " |",
+             "|---|---|---:|---|" + "---|" * len(attacks)]
+    for label, method, h, rep in summary:
+        cells = []
+        for a in attacks:
+            row = next((r for r in rep.rows if r.attack == a and r.score == "curvext"), None)
+            cells.append("" if row is None or row.n_perturbed == 0 else f"{row.auc:.2f} / {100 * row.recovery:.0f}%")
+        lines.append(f"| {label} | {method} | {'' if h is None else f'{h:g}'} | {rep.orientation} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
