@@ -20,7 +20,8 @@ with a small l2 PGD probe (no knowledge of the attack to be detected) and takes 
 rho moves. Label recovery is Algorithm 2's "the competing class with the largest summed
 curvature" (``recovery="max"``); the probe also checks it, since the probe images' true labels are
 known: on the smooth MNIST LeNet the original class is the one with the *smallest* sum, and the
-probe then sets ``recovery="min"``.
+probe then sets ``recovery="min"``. The same probe picks the scale ``h`` of the fd/fd2 methods
+(:meth:`CurvatureDetector.choose_scale`, :mod:`curvext.scale_selection`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 ESTIMATORS = ("hutchinson", "deflated")
 ORIENTATIONS = ("higher", "lower")
 ORIENTATION_RULES = ORIENTATIONS + ("probe", "auto")
+DEFAULT_SCALE = 0.05  # fd/fd2 scale h when none is given (see CurvatureDetector and choose_scale)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,10 @@ class CurvatureDetector:
             (needed for 1000-class models).
         method: "autograd" (exact, smooth nets), "fd" or "fd2" (at scale h; ReLU nets, whose
             exact input Hessian is zero). See :mod:`curvext.quadratic_forms`.
-        h: finite-difference scale (l2 step length in input units); default 0.25 for fd/fd2.
+        h: finite-difference scale (l2 step length in input units) for fd/fd2; default 0.05.
+            Which scale separates perturbed from clean images depends on the model (0.01 or
+            below for the MNIST ReLU LeNet, about 0.02 for the NiN, 0.05 for the digits LeNet):
+            :meth:`choose_scale` picks it from the clean images alone.
         estimator: "hutchinson" (plain sampling) or "deflated" (exact top principal curvatures
             by Lanczos plus sampling on the rest; fewer operator applications per accuracy).
         deflation_k: principal curvatures computed exactly per class with "deflated".
@@ -129,7 +134,7 @@ class CurvatureDetector:
         self.num_directions = num_directions
         self.classes = classes
         self.method = method
-        self.h = (0.25 if method != "autograd" else 0.0) if h is None else float(h)
+        self.h = (DEFAULT_SCALE if method != "autograd" else 0.0) if h is None else float(h)
         self.estimator = estimator
         self.deflation_k = deflation_k
         self.seed = seed
@@ -185,6 +190,31 @@ class CurvatureDetector:
 
     # -- thresholds -------------------------------------------------------------------------
 
+    def _probe_eps(self, x_clean: torch.Tensor) -> float:
+        return 0.05 * x_clean[0].numel() ** 0.5 if self.probe_eps is None else float(self.probe_eps)
+
+    def probe(self, x_clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The calibration probe: l2 PGD (20 steps, radius ``probe_eps``, the detector's seed) of
+        the clean images ``x_clean (N, C, H, W)``. Returns the images whose label it changed
+        ``(n, C, H, W)``, their original labels ``(n,)`` and which clean images they came from
+        ``(N,)`` bool; it knows nothing of the attacks to be detected. Deterministic: the
+        orientation and the scale choice see the same probe."""
+        from curvext.attacks import pgd
+
+        probe = pgd(self.model, x_clean, eps=self._probe_eps(x_clean), norm="l2", steps=20, seed=self.seed)
+        return probe.adversarial[probe.success], probe.labels[probe.success], probe.success
+
+    def choose_scale(self, x_clean: torch.Tensor, scales=None):
+        """Set ``h`` to the candidate scale at which the PGD probe of the clean images separates
+        best from them (fd/fd2 only) and return the :class:`~curvext.scale_selection.ScaleChoice`
+        (separation per candidate). ``scales`` default: ``scale_selection.PROBE_SCALES``. Call
+        it before :meth:`calibrate`."""
+        from curvext.scale_selection import PROBE_SCALES, choose_scale
+
+        choice = choose_scale(self, x_clean, PROBE_SCALES if scales is None else scales)
+        self.h = choice.h
+        return choice
+
     def resolve_orientation(self, x_clean: torch.Tensor, rho_clean: torch.Tensor) -> tuple[str, str]:
         """``(orientation, recovery rule)`` for clean images ``x_clean`` with statistics
         ``rho_clean``: fixed, the paper's sign rule ("auto"), or from the PGD probe ("probe"),
@@ -194,22 +224,17 @@ class CurvatureDetector:
         rho_clean = torch.as_tensor(rho_clean).double().cpu()
         if self.orientation_rule == "auto":
             return ("higher" if float(rho_clean.median()) < 0 else "lower"), "max"
-        from curvext.attacks import pgd
-
-        d = x_clean[0].numel()
-        eps = 0.05 * d**0.5 if self.probe_eps is None else self.probe_eps
-        probe = pgd(self.model, x_clean, eps=eps, norm="l2", steps=20, seed=self.seed)
-        if not bool(probe.success.any()):
-            raise RuntimeError(f"orientation probe: PGD-l2 at eps={eps:.3g} changed no label; pass a "
-                               "larger probe_eps or a fixed orientation")
-        s = self.score(probe.adversarial[probe.success])
+        adversarial, truth, success = self.probe(x_clean)
+        if adversarial.shape[0] == 0:
+            raise RuntimeError(f"orientation probe: PGD-l2 at eps={self._probe_eps(x_clean):.3g} changed no label; "
+                               "pass a larger probe_eps or a fixed orientation")
+        s = self.score(adversarial)
         rho_probe = s.rho.double().cpu()
-        shift = float(rho_probe.median() - rho_clean[probe.success.cpu()].median())
-        truth = probe.labels[probe.success]
+        shift = float(rho_probe.median() - rho_clean[success.cpu()].median())
         hits = {rule: float((recovered_labels(s.per_class, rule) == truth).double().mean()) for rule in RECOVERY_RULES}
         recovery = "min" if hits["min"] > hits["max"] else "max"
         logger.info("probe: %d/%d flipped at eps %.3g, median rho shift %.3g, recovery max %.2f min %.2f",
-                    int(probe.success.sum()), len(probe.success), eps, shift, hits["max"], hits["min"])
+                    int(success.sum()), len(success), self._probe_eps(x_clean), shift, hits["max"], hits["min"])
         return ("higher" if shift > 0 else "lower"), recovery
 
     def calibrate(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> "CurvatureDetector":

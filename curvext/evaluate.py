@@ -28,6 +28,7 @@ import torch
 from curvext import attacks as _attacks
 from curvext import baselines, metrics
 from curvext.detect import CurvatureDetector, recovered_labels
+from curvext.scale_selection import ScaleChoice
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class EvaluationReport:
     settings: dict = field(default_factory=dict)
     rho_clean: np.ndarray | None = None
     rho_perturbed: dict = field(default_factory=dict)
+    scale_choice: ScaleChoice | None = None  # when h was chosen by the probe (``scales=``)
 
     def table(self) -> str:
         """Markdown table of all rows."""
@@ -125,11 +127,13 @@ def _scores(model, detector: CurvatureDetector, x: torch.Tensor) -> dict:
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
              detector: CurvatureDetector, attacks: dict[str, AttackFn] | None = None, fpr: float = 0.05,
              out_dir: str | os.PathLike | None = None, settings: dict | None = None,
-             progress: bool = True) -> EvaluationReport:
+             scales=None, progress: bool = True) -> EvaluationReport:
     """Run the protocol on ``images (N, C, H, W)`` in [0, 1] with true ``labels (N,)``.
 
     Only correctly classified images are attacked. ``settings`` (JSON-able) identify the run in
-    the cache key together with the images; pass everything that changes the results.
+    the cache key together with the images; pass everything that changes the results. With
+    ``scales`` (candidate h, fd/fd2 detectors), the detector's h is first chosen from the clean
+    images alone (:meth:`CurvatureDetector.choose_scale`) and set on ``detector``.
     """
     from tqdm.auto import tqdm
 
@@ -142,10 +146,18 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     settings = dict(settings or {})
     settings.update(n=int(x.shape[0]), digest=hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest()[:12])
     attack_key = _key(settings)  # attacks do not depend on the detector: a new h or T reuses them
-    settings.update(method=detector.method, h=detector.h, T=detector.num_directions, K=detector.classes,
+    settings.update(method=detector.method, T=detector.num_directions, K=detector.classes,
                     estimator=detector.estimator, seed=detector.seed)
-    key = _key(settings)
     cache = None if out_dir is None else Path(out_dir) / "cache"
+    scale_choice = None
+    if scales is not None:
+        scales = [float(s) for s in scales]
+        choice_key = _key(dict(settings, scales=scales, probe_eps=detector.probe_eps))
+        scale_choice = ScaleChoice(**_cached(None if cache is None else cache / f"scale-{choice_key}.pt",
+                                             lambda: detector.choose_scale(x, scales).__dict__))
+        detector.h = scale_choice.h
+    settings.update(h=detector.h)
+    key = _key(settings)
     clean = _cached(None if cache is None else cache / f"clean-{key}.pt", lambda: _scores(model, detector, x))
     rho_c = clean["rho"].numpy()
     orientation, recovery = _cached(None if cache is None else cache / f"probe-{key}.pt",
@@ -174,7 +186,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         if "rho" in r:
             rho_perturbed[name] = r["rho"].numpy()
     settings["recovery"] = recovery
-    return EvaluationReport(rows, orientation, clean_sign_share, int(x.shape[0]), settings, rho_c, rho_perturbed)
+    return EvaluationReport(rows, orientation, clean_sign_share, int(x.shape[0]), settings, rho_c, rho_perturbed,
+                            scale_choice)
 
 
 def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:

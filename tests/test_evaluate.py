@@ -64,6 +64,7 @@ def test_demo_command_runs(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--images", "40", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| attack | success |" in out and "cw-l2-k5" in out
+    assert "h chosen from the clean images by the probe" in out  # --h auto is the default
     assert (tmp_path / "demo" / "eval-digits-lenet-relu-roc.png").is_file()
 
 

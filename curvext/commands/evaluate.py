@@ -23,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=300, help="test images to use")
     p.add_argument("--method", default=None, choices=("autograd", "fd", "fd2"),
                    help="curvature measurement (default: autograd for smooth, fd2 for relu models)")
-    p.add_argument("--h", type=_scales, default=[0.1], metavar="H[,H...]",
-                   help="finite-difference scale (l2, input units); several, comma separated, compare scales "
+    p.add_argument("--h", type=_scales, default="auto", metavar="auto|H[,H...]",
+                   help="finite-difference scale (l2, input units) for fd/fd2: 'auto' (default) picks it from "
+                        "the clean images by the orientation probe; several, comma separated, compare scales "
                         "on the same adversarial images (attacked once)")
     p.add_argument("--directions", type=int, default=16, help="random directions T")
     p.add_argument("--classes", type=int, default=None, help="competing classes K (default: all)")
@@ -39,8 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _scales(text: str) -> list[float]:
-    """``"0.05,0.1"`` -> ``[0.05, 0.1]``; every scale must be a positive number."""
+def _scales(text: str):
+    """``"0.05,0.1"`` -> ``[0.05, 0.1]`` (every scale a positive number), or ``"auto"``."""
+    if text.strip() == "auto":
+        return "auto"
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -74,6 +77,7 @@ def run(args) -> int:
     from curvext._model_checks import is_piecewise_linear
     from curvext.detect import CurvatureDetector
     from curvext.evaluate import attack_suite, evaluate, write_outputs
+    from curvext.scale_selection import PROBE_SCALES
 
     if args.dataset == "mnist":
         if not args.data_dir:
@@ -87,14 +91,16 @@ def run(args) -> int:
     summary = []
     for label, model, accuracy in _models(args):
         method = args.method or (RELU_DEFAULT_METHOD if is_piecewise_linear(model) else SMOOTH_DEFAULT_METHOD)
-        for h in [None] if method == "autograd" else args.h:
+        auto = args.h == "auto"
+        for h in [None] if method == "autograd" or auto else args.h:
             t0 = time.perf_counter()
             detector = CurvatureDetector(model, num_directions=args.directions, classes=args.classes, method=method,
                                          h=h, orientation=args.orientation, seed=args.seed)
             settings = dict(model=label, dataset=args.dataset, eps_linf=args.eps_linf, eps_l2=args.eps_l2,
                             cw=args.cw_confidence, attack_seed=args.seed)
             report = evaluate(model, test.images, test.labels, detector=detector, attacks=attacks, out_dir=args.out,
-                              settings=settings, progress=not args.no_progress)
+                              settings=settings, scales=PROBE_SCALES if auto and method != "autograd" else None,
+                              progress=not args.no_progress)
             suffix = f"-h{h:g}" if h is not None and len(args.h) > 1 else ""
             paths = write_outputs(report, args.out, prefix=f"eval-{args.dataset}-{label}{suffix}")
             acc = "" if accuracy is None else f", test accuracy {100 * accuracy:.1f}%"
@@ -103,10 +109,13 @@ def run(args) -> int:
                   f"{report.n_clean} correctly classified images, {time.perf_counter() - t0:.0f} s")
             print(f"perturbed expected {report.orientation}, recovery by {report.settings['recovery']} curvature; "
                   f"clean images with rho < 0: {100 * report.clean_sign_share:.1f}%\n")
+            if report.scale_choice is not None:
+                print(f"h chosen from the clean images by the probe ({report.scale_choice.n_probe} probe images):\n")
+                print(report.scale_choice.table() + "\n")
             print(report.table())
             print(f"\nwrote {', '.join(str(p) for p in paths)}")
             summary.append((label, method, detector.h, report))
-    if len(args.h) > 1:
+    if args.h != "auto" and len(args.h) > 1:
         print("\n## curvext by scale (AUC / recovery at the best threshold)\n")
         print(scale_table(summary))
     return 0
