@@ -7,6 +7,9 @@
 * :func:`feature_squeezing_score` (Xu, Evans, Qi 2018): the largest L1 distance between the
   softmax of ``x`` and that of a squeezed copy, over two squeezers: bit-depth reduction and a 2x2
   median filter. Range ``[0, 2]``.
+* :func:`runner_up_labels`: a training-free baseline for label *recovery*: the class the model
+  ranks second. A minimal attack crosses into the nearest region, so the original class is often
+  the runner-up; curvature's recovery has to beat this rule to be worth its cost.
 
 Inputs: ``model`` maps ``(B, C, H, W)`` float in ``[0, 1]`` to logits ``(B, L)`` (eval mode);
 outputs are ``(B,)`` float tensors on the input's device.
@@ -21,8 +24,8 @@ from torch import nn
 
 from curvext._model_checks import check_images, require_eval
 
-__all__ = ["max_softmax_score", "bit_depth_reduce", "median_filter_2x2", "FeatureSqueezing",
-           "feature_squeezing_score"]
+__all__ = ["max_softmax_score", "runner_up_labels", "bit_depth_reduce", "median_filter_2x2",
+           "FeatureSqueezing", "feature_squeezing_score"]
 
 
 @torch.no_grad()
@@ -37,6 +40,17 @@ def max_softmax_score(model: nn.Module, x: torch.Tensor, *, batch_size: int = 51
     confident = more likely perturbed."""
     check_images(x)
     return 1.0 - _softmax(model, x, batch_size).amax(1)
+
+
+@torch.no_grad()
+def runner_up_labels(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """The class with the second-highest logit per image, ``(B,)`` int64 (ties: the lower index)."""
+    check_images(x)
+    require_eval(model)
+    logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    if logits.shape[1] < 2:
+        raise ValueError(f"model must output at least 2 logits, got {logits.shape[1]}")
+    return logits.topk(2, dim=1).indices[:, 1]
 
 
 def bit_depth_reduce(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -3,8 +3,9 @@
 For a model and correctly classified test images: score the clean images, attack them with each
 attack, keep the successful adversarial images, and report per attack and per score (curvext's
 rho, max-softmax, feature squeezing): detection AUC, accuracy at the best threshold, TPR at 5%
-FPR, and for curvext the label-recovery accuracy. The curvature orientation is read from clean
-data alone (see :mod:`curvext.detect`) and reported.
+FPR, and the label-recovery accuracy: curvext's recovered class for curvext, the model's
+runner-up class (the trivial rule, :func:`curvext.baselines.runner_up_labels`) for the baselines.
+The curvature orientation is read from clean data alone (see :mod:`curvext.detect`) and reported.
 
 Resumable: with ``out_dir``, each attack's adversarial images are saved as soon as they are
 computed (``<out_dir>/cache/attack-<attack>-<key>.pt``, keyed by the images and the caller's
@@ -59,8 +60,9 @@ class ScoreRow:
     auc: float
     accuracy: float
     tpr_at_fpr: float
-    recovery: float  # curvext only: share of perturbed images given back their original label
-    recovery_if_flagged: float  # curvext only: the same share if every perturbed image were flagged
+    recovery: float  # share of perturbed images given back their original label at the best threshold
+    # (curvext: its recovered class; baselines: the model's runner-up class, the trivial rule)
+    recovery_if_flagged: float  # the same share if every perturbed image were flagged
     perturbed_other_sign: float  # curvext only: share of perturbed images with rho >= 0
 
 
@@ -88,6 +90,8 @@ class EvaluationReport:
             rec_all = "" if np.isnan(r.recovery_if_flagged) else f"{100 * r.recovery_if_flagged:.1f}%"
             lines.append(f"| {r.attack} | {100 * r.success_rate:.0f}% | {r.median_norm:.3f} | {r.score} | "
                          f"{r.auc:.3f} | {100 * r.accuracy:.1f}% | {100 * r.tpr_at_fpr:.1f}% | {rec} | {rec_all} |")
+        lines.append("\nrecovery: curvext's recovered class on its rows; on the baselines' rows the model's "
+                     "runner-up class (the trivial rule) for the images each baseline flags.")
         return "\n".join(lines)
 
     def dataframe(self):
@@ -121,6 +125,7 @@ def _scores(model, detector: CurvatureDetector, x: torch.Tensor) -> dict:
         "predicted": s.predicted.cpu(),
         "max-softmax": baselines.max_softmax_score(model, x).double().cpu(),
         "feature-squeezing": baselines.feature_squeezing_score(model, x).score.double().cpu(),
+        "runner-up": baselines.runner_up_labels(model, x).cpu(),
     }
 
 
@@ -210,7 +215,12 @@ def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:
                      float(np.mean(candidate == original)), float(np.mean(r["rho"].numpy() >= 0)))]
     for score in ("max-softmax", "feature-squeezing"):
         mb = metrics.detection_metrics(clean[score].numpy(), r[score].numpy(), fpr=fpr)
-        rows.append(ScoreRow(name, score, n, rate, med, mb.auc, mb.accuracy, mb.tpr_at_fpr, nan, nan, nan))
+        rec, rec_all = nan, nan
+        if "runner-up" in r:  # baseline recovery: flagged images get the model's second class
+            runner_up = r["runner-up"].numpy()
+            final = np.where(r[score].numpy() >= mb.threshold, runner_up, r["predicted"].numpy())
+            rec, rec_all = float(np.mean(final == original)), float(np.mean(runner_up == original))
+        rows.append(ScoreRow(name, score, n, rate, med, mb.auc, mb.accuracy, mb.tpr_at_fpr, rec, rec_all, nan))
     return rows
 
 

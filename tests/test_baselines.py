@@ -34,6 +34,19 @@ def test_max_softmax_hand_computed():
     assert float(s[1]) == pytest.approx(1 - _softmax([2, 0, -2]).max(), abs=1e-6)
 
 
+def test_runner_up_labels_hand_computed_and_numpy():
+    x = torch.stack([torch.full((1, 2, 2), 0.5), torch.full((1, 2, 2), 0.25)])
+    # logits (2, 0, -2) and (1, 0, -1): the runner-up is class 1 for both.
+    assert baselines.runner_up_labels(_FixedLogits().eval(), x).tolist() == [1, 1]
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 7)).eval()
+    xs = torch.rand(50, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = np.argsort(-net(xs).numpy(), axis=1, kind="stable")[:, 1]
+    assert baselines.runner_up_labels(net, xs, batch_size=8).tolist() == reference.tolist()
+    with pytest.raises(ValueError, match="2 logits"):
+        baselines.runner_up_labels(nn.Sequential(nn.Flatten(), nn.Linear(16, 1)).eval(), xs)
+
+
 def test_bit_depth_reduce():
     x = torch.tensor([0.0, 0.24, 0.49, 0.51, 0.9, 1.0]).view(1, 1, 1, 6)
     assert baselines.bit_depth_reduce(x, 1).flatten().tolist() == [0, 0, 0, 1, 1, 1]

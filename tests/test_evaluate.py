@@ -39,6 +39,16 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     # plus the images whose adversarial label is already right (none: attacks succeeded).
     assert row.recovery <= row.recovery_if_flagged + 1e-12
     assert "recovery if flagged" in rep.table()
+    # Baselines recover by the model's runner-up class: recomputed from the cached adversarial images.
+    adversarial = torch.load(next(tmp_path.glob("cache/attack-pgd-l2-*.pt")), weights_only=False)
+    with torch.no_grad():
+        runner_up = digits_model(adversarial["adversarial"]).topk(2, dim=1).indices[:, 1]
+    keep = (digits_model(test.images).argmax(1) == test.labels)
+    original = test.labels[keep][adversarial["success"]]
+    for score in ("max-softmax", "feature-squeezing"):
+        base = next(r for r in rep.rows if r.attack == "pgd-l2" and r.score == score)
+        assert base.recovery_if_flagged == pytest.approx(float((runner_up == original).double().mean()), abs=1e-12)
+        assert 0.0 <= base.recovery <= 1.0
     # A rerun with the same settings reuses every cached attack: no attack runs again.
     calls = []
     spy = {k: (lambda m, x, y, _f=f: calls.append(1) or _f(m, x, y)) for k, f in attacks.items()}
