@@ -123,6 +123,7 @@ def _scores(model, detector: CurvatureDetector, x: torch.Tensor) -> dict:
         "rho": s.rho.double().cpu(),
         "per_class": s.per_class.double().cpu(),
         "predicted": s.predicted.cpu(),
+        "competitors": s.competitors.cpu(),
         "max-softmax": baselines.max_softmax_score(model, x).double().cpu(),
         "feature-squeezing": baselines.feature_squeezing_score(model, x).score.double().cpu(),
         "runner-up": baselines.runner_up_labels(model, x).cpu(),
@@ -207,7 +208,7 @@ def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:
     rho_c, rho_p = sign * clean["rho"].numpy(), sign * r["rho"].numpy()
     m = metrics.detection_metrics(rho_c, rho_p, fpr=fpr)
     flagged = rho_p >= m.threshold
-    candidate = recovered_labels(r["per_class"], recovery_rule).numpy()
+    candidate = recovered_labels(r["per_class"], recovery_rule, r.get("competitors")).numpy()
     final = np.where(flagged, candidate, r["predicted"].numpy())
     original = y[success].cpu().numpy()
     recovery = float(np.mean(final == original))

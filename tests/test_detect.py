@@ -48,6 +48,10 @@ def test_rho_matches_literal_algorithm(classes):
     torch.testing.assert_close(s.rho, rho, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(s.per_class, per_class, rtol=1e-9, atol=1e-12, equal_nan=True)
     assert torch.equal(s.predicted, model(x).argmax(1))
+    # competitors: the classes in the sum, by decreasing logit, the predicted one excluded.
+    ranked = model(x).argsort(dim=1, descending=True)[:, 1:]
+    assert torch.equal(s.competitors, ranked[:, : s.competitors.shape[1]])
+    assert s.competitors.shape[1] == (4 if classes is None else 2)  # L = 5 logits
 
 
 def test_same_seed_same_rho_regardless_of_batching():
@@ -125,6 +129,13 @@ def test_probe_orientation_agrees_with_attacked_images():
     cw = attacks.carlini_wagner(model, x, confidence=5.0, steps=30)
     shift = det.score(cw.adversarial[cw.success]).rho.median() - det.score(x).rho.median()
     assert det.orientation == ("higher" if float(shift) > 0 else "lower")
+    # The recovery rule is the one that gives most probe images back their labels ("max" on ties).
+    from curvext.detect import RECOVERY_RULES, recovered_labels
+
+    probe, truth, _ = det.probe(x)
+    s = det.score(probe)
+    hits = [int((recovered_labels(s.per_class, r, s.competitors) == truth).sum()) for r in RECOVERY_RULES]
+    assert det.recovery == RECOVERY_RULES[hits.index(max(hits))]
 
 
 def test_recovered_labels_rules_skip_classes_outside_the_sum():
@@ -133,3 +144,13 @@ def test_recovered_labels_rules_skip_classes_outside_the_sum():
     per_class = torch.tensor([[float("nan"), 2.0, -1.0, float("nan")], [0.5, float("nan"), 3.0, -4.0]])
     assert recovered_labels(per_class, "max").tolist() == [1, 2]
     assert recovered_labels(per_class, "min").tolist() == [2, 3]
+    # "-top2": only the two highest-scoring competing classes (by logit) may win.
+    competitors = torch.tensor([[2, 1], [2, 0]])
+    assert recovered_labels(per_class, "max-top2", competitors).tolist() == [1, 2]
+    assert recovered_labels(per_class, "min-top2", competitors).tolist() == [2, 0]
+    competitors = torch.tensor([[1, 2], [0, 3]])  # row 1: class 2 (largest sum) is not in the top 2
+    assert recovered_labels(per_class, "max-top2", competitors).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="competitors"):
+        recovered_labels(per_class, "max-top2")
+    with pytest.raises(ValueError, match="rule"):
+        recovered_labels(per_class, "median")
