@@ -16,7 +16,8 @@ on the model and the scale h: on our zoo models it is "higher" for the ReLU LeNe
 and "lower" for the ReLU LeNet on MNIST, for every attack alike. Neither the paper's sign rule
 (``"auto"``: clean rho mostly negative -> "higher") nor the margin of clean images predicts it
 there. ``"probe"`` (the default) reads it from the clean calibration images alone: it perturbs them
-with a small l2 PGD probe (no knowledge of the attack to be detected) and takes the side to which
+with a small l2 PGD probe (no knowledge of the attack to be detected; each image at the smallest
+of three radii that flips it, see :meth:`CurvatureDetector.probe`) and takes the side to which
 rho moves. Label recovery is Algorithm 2's "the competing class with the largest summed
 curvature" (``recovery="max"``); the probe also checks it, since the probe images' true labels are
 known: it picks, among the rules of ``RECOVERY_RULES``, the one that gives most probe images back
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 ESTIMATORS = ("hutchinson", "deflated")
 ORIENTATIONS = ("higher", "lower")
 ORIENTATION_RULES = ORIENTATIONS + ("probe", "auto")
+PROBE_RADII = (0.25, 0.5, 1.0)  # fractions of probe_eps tried in turn by CurvatureDetector.probe
 DEFAULT_SCALE = 0.05  # fd/fd2 scale h when none is given (see CurvatureDetector and choose_scale)
 
 
@@ -210,15 +212,30 @@ class CurvatureDetector:
         return 0.05 * x_clean[0].numel() ** 0.5 if self.probe_eps is None else float(self.probe_eps)
 
     def probe(self, x_clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The calibration probe: l2 PGD (20 steps, radius ``probe_eps``, the detector's seed) of
-        the clean images ``x_clean (N, C, H, W)``. Returns the images whose label it changed
-        ``(n, C, H, W)``, their original labels ``(n,)`` and which clean images they came from
-        ``(N,)`` bool; it knows nothing of the attacks to be detected. Deterministic: the
-        orientation and the scale choice see the same probe."""
+        """The calibration probe: l2 PGD (20 steps, the detector's seed) of the clean images
+        ``x_clean (N, C, H, W)`` at growing radii ``probe_eps * (1/4, 1/2, 1)``, each image
+        perturbed at the smallest radius that changes its label (larger radii are tried only on
+        the images not yet flipped). So the probe images sit just across the boundary, as
+        adversarial images do, rather than deep in another class. Returns the images whose label
+        it changed ``(n, C, H, W)``, their original labels ``(n,)`` and which clean images they
+        came from ``(N,)`` bool; it knows nothing of the attacks to be detected. Deterministic:
+        the orientation, the recovery rule and the scale choice see the same probe."""
         from curvext.attacks import pgd
 
-        probe = pgd(self.model, x_clean, eps=self._probe_eps(x_clean), norm="l2", steps=20, seed=self.seed)
-        return probe.adversarial[probe.success], probe.labels[probe.success], probe.success
+        eps = self._probe_eps(x_clean)
+        adversarial = x_clean.detach().clone()
+        labels = torch.empty(x_clean.shape[0], dtype=torch.long, device=x_clean.device)
+        flipped = torch.zeros(x_clean.shape[0], dtype=torch.bool, device=x_clean.device)
+        for fraction in PROBE_RADII:
+            todo = (~flipped).nonzero().flatten()
+            if todo.numel() == 0:
+                break
+            p = pgd(self.model, x_clean[todo], eps=fraction * eps, norm="l2", steps=20, seed=self.seed)
+            new = todo[p.success]
+            adversarial[new] = p.adversarial[p.success]
+            labels[todo] = p.labels
+            flipped[new] = True
+        return adversarial[flipped], labels[flipped], flipped
 
     def choose_scale(self, x_clean: torch.Tensor, scales=None):
         """Set ``h`` to the candidate scale at which the PGD probe of the clean images separates

@@ -154,3 +154,26 @@ def test_recovered_labels_rules_skip_classes_outside_the_sum():
         recovered_labels(per_class, "max-top2")
     with pytest.raises(ValueError, match="rule"):
         recovered_labels(per_class, "median")
+
+
+def test_probe_perturbs_each_image_at_the_smallest_radius_that_flips_it():
+    from curvext import attacks, data, zoo
+    from curvext.detect import PROBE_RADII
+
+    model = zoo.train("lenet", "relu", "digits").model
+    x = data.load_digits("test").images[:60]
+    det = CurvatureDetector(model, num_directions=2, method="fd2", probe_eps=0.6)
+    adversarial, labels, flipped = det.probe(x)
+    assert adversarial.shape[0] == labels.shape[0] == int(flipped.sum()) > 0
+    with torch.no_grad():
+        assert (model(adversarial).argmax(1) != labels).all()
+        assert torch.equal(labels, model(x[flipped]).argmax(1))
+    norms = (adversarial - x[flipped]).flatten(1).norm(dim=1)
+    assert (norms <= 0.6 * PROBE_RADII[-1] + 1e-5).all()
+    # The first radius is tried on every image: its flips are exactly those of a plain PGD run.
+    first = attacks.pgd(model, x, eps=0.6 * PROBE_RADII[0], norm="l2", steps=20, seed=det.seed)
+    assert bool(first.success.any()) and bool((flipped & ~first.success).any())  # later radii add images
+    assert (flipped[first.success]).all()
+    small = first.success[flipped]
+    torch.testing.assert_close(adversarial[small], first.adversarial[first.success])
+    assert (norms[~small] > 0.6 * PROBE_RADII[0] - 1e-5).all()  # only images the small radius could not flip
