@@ -27,6 +27,7 @@ _LAZY = {
     "CurvatureDetector": "curvext.detect",
     "Scores": "curvext.detect",
     "Detection": "curvext.detect",
+    "ScaleChoice": "curvext.scale_selection",
     "evaluate": "curvext.evaluate",
     "attack_suite": "curvext.evaluate",
     # data, models, attacks, baselines, metrics
@@ -43,6 +44,7 @@ _LAZY = {
     "carlini_wagner": "curvext.attacks",
     "max_softmax_score": "curvext.baselines",
     "feature_squeezing_score": "curvext.baselines",
+    "runner_up_labels": "curvext.baselines",
     "detection_metrics": "curvext.metrics",
 }
 
