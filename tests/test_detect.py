@@ -177,3 +177,40 @@ def test_probe_perturbs_each_image_at_the_smallest_radius_that_flips_it():
     small = first.success[flipped]
     torch.testing.assert_close(adversarial[small], first.adversarial[first.success])
     assert (norms[~small] > 0.6 * PROBE_RADII[0] - 1e-5).all()  # only images the small radius could not flip
+
+
+def _same_on(device: str):
+    """Scores, detection and the probe-driven calibration on ``device`` against the CPU."""
+    import copy
+
+    from curvext import data, zoo
+
+    relu = zoo.train("lenet", "relu", "digits").model
+    smooth = SmoothNet(torch.nn.Softplus()).eval()
+    x64 = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    for method in ("autograd", "fd", "fd2"):
+        cpu = CurvatureDetector(smooth, num_directions=5, method=method, h=0.1, seed=3).score(x64)
+        dev = CurvatureDetector(copy.deepcopy(smooth).to(device), num_directions=5, method=method, h=0.1,
+                                seed=3).score(x64.to(device))
+        assert dev.rho.device.type == torch.device(device).type
+        torch.testing.assert_close(dev.rho.cpu(), cpu.rho, rtol=1e-7, atol=1e-10)
+        torch.testing.assert_close(dev.per_class.cpu(), cpu.per_class, rtol=1e-7, atol=1e-10, equal_nan=True)
+        assert torch.equal(dev.competitors.cpu(), cpu.competitors)
+    x = data.load_digits("test").images[:40]
+    det_cpu = CurvatureDetector(relu, num_directions=4, method="fd2")
+    det_dev = CurvatureDetector(copy.deepcopy(relu).to(device), num_directions=4, method="fd2")
+    choice_cpu = det_cpu.choose_scale(x, (0.02, 0.2))
+    choice_dev = det_dev.choose_scale(x.to(device), (0.02, 0.2))
+    for h in (0.02, 0.2):  # float32 convolutions differ in rounding between devices
+        assert abs(choice_dev.separation[h] - choice_cpu.separation[h]) < 0.05
+    det_cpu.h = det_dev.h = 0.2
+    det_cpu.calibrate(x)
+    det_dev.calibrate(x.to(device))
+    assert det_dev.orientation == det_cpu.orientation
+    out = det_dev.detect(x.to(device))
+    assert out.perturbed.device.type == out.recovered.device.type == torch.device(device).type
+
+
+def test_detector_on_each_device_matches_cpu(device):
+    """On "cpu" this only checks that the comparison runs; on a GPU it is the CUDA test."""
+    _same_on(device)
