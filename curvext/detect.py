@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from curvext import _model_checks
-from curvext.quadratic_forms import METHODS, class_curvatures
+from curvext.quadratic_forms import METHODS, class_curvature_sums
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +196,7 @@ class CurvatureDetector:
 
             sums, _ = deflated_class_curvatures(self, x, cls, predicted, V)  # (B, K), Hutchinson's scale
         else:
-            kappa = class_curvatures(self.model, x, cls, predicted, V, self.method, self.h)
-            sums = kappa.sum(dim=2)
+            sums = class_curvature_sums(self.model, x, cls, predicted, V, self.method, self.h)
         if not bool(torch.isfinite(sums).all()):
             bad = (~torch.isfinite(sums)).any(dim=1).nonzero().flatten().tolist()
             raise FloatingPointError(f"non-finite curvature for image(s) {bad[:10]} of the batch")

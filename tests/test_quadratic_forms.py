@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvext.quadratic_forms import (_hessian_normal_rows, _hessian_normal_vectorised,
-                                     _second_directional_derivatives, _second_directional_rows,
-                                     class_curvatures, hessian_normal_products, logit_quadratic_forms)
+from curvext.quadratic_forms import (_hessian_normal_rows, _hessian_normal_vectorised, _mixed_second_derivatives,
+                                     _mixed_second_rows, _second_directional_derivatives, _second_directional_rows,
+                                     class_curvature_sums, class_curvatures, hessian_normal_products,
+                                     logit_quadratic_forms)
 
 
 class Quadratic(torch.nn.Module):
@@ -55,7 +56,11 @@ def test_quadratic_classifier_closed_form(method):
     V = torch.nn.functional.normalize(torch.randn(5, 12, dtype=torch.float64), dim=1).reshape(5, 1, 3, 4)
     kappa = class_curvatures(model, x, cls, pred, V, method, h=0.1)
     # Finite differences are exact on quadratics up to rounding (fd2 divides by h^2).
-    torch.testing.assert_close(kappa, reference_kappa(model, x, cls, pred, V), rtol=0, atol=1e-10)
+    reference = reference_kappa(model, x, cls, pred, V)
+    torch.testing.assert_close(kappa, reference, rtol=0, atol=1e-10)
+    # The sums over directions (what Algorithm 2 uses) by the sum-first route.
+    sums = class_curvature_sums(model, x, cls, pred, V, method, h=0.1)
+    torch.testing.assert_close(sums, reference.sum(dim=2), rtol=0, atol=1e-9)
 
 
 class SmoothNet(torch.nn.Module):
@@ -141,6 +146,15 @@ def test_vectorised_passes_equal_the_per_row_fallback():
     cls = competing(pred, 6, 4)
     for got, want in zip(_hessian_normal_vectorised(model, x, cls, pred), _hessian_normal_rows(model, x, cls, pred)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    n = torch.nn.functional.normalize(torch.randn(12, 32, dtype=torch.float64), dim=1)
+    u = torch.randn(12, 32, dtype=torch.float64)
+    torch.testing.assert_close(_mixed_second_derivatives(model, x, n, u, 4),
+                               _mixed_second_rows(model, x.repeat_interleave(4, dim=0), n, u),
+                               rtol=1e-10, atol=1e-12)
+    # Sum first (mixed forward-over-forward) == per-direction curvatures summed (forward-over-reverse).
+    torch.testing.assert_close(class_curvature_sums(model, x, cls, pred, V, "autograd", 0.0),
+                               class_curvatures(model, x, cls, pred, V, "autograd", 0.0).sum(dim=2),
+                               rtol=1e-10, atol=1e-12)
 
 
 class _Cube(torch.autograd.Function):
