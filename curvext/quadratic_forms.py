@@ -9,7 +9,9 @@ region), with the cost of the *sum* of classes and directions, not their product
     (P v)^T H (P v) = v^T H v - 2 c (H n)^T v + c^2 n^T H n,   c = n^T v,
 
 where ``v^T H_f v`` for every logit at once comes from one second-order directional derivative
-per direction, and ``H_i n_i`` from one Hessian-vector product per class.
+per direction, and ``H_i n_i`` from one Hessian-vector product per class. Algorithm 2 needs only
+the sums over the directions, :func:`class_curvature_sums`, which replaces the product by one
+mixed second derivative per class.
 
 Methods (how second derivatives are measured):
 
