@@ -28,18 +28,20 @@ from problems import cnn_input_hvp, diag_plus_low_rank  # noqa: E402
 from reporting import emit  # noqa: E402
 
 
+def elapsed(fn, device="cpu"):
+    """Wall time of one call of ``fn``, with the GPU synchronised before and after."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def best_time(fn, repeat=3, device="cpu"):
     fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(elapsed(fn, device) for _ in range(repeat))
 
 
 def tridiag_rows(device, quick):
@@ -139,13 +141,7 @@ def bookkeeping_share(problem, k, device, repeat=5):
         shares = []
         for _ in range(repeat):
             calls.clear()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            run()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            total = time.perf_counter() - t0
+            total = elapsed(run, device)
             op_time = sum(calls)
             shares.append((total - op_time) / op_time)  # per step over per application: steps cancel
         out[name] = (float(np.median(shares)), min(shares), max(shares))
