@@ -24,8 +24,9 @@ known: it picks, among the rules of ``RECOVERY_RULES``, the one that gives most 
 their labels (ties: Algorithm 2's "max"). On the smooth MNIST LeNet the original class is the one
 with the *smallest* sum ("min"); "max-top2" / "min-top2" choose only between the two
 highest-scoring competing classes, which on the MNIST zoo models recovers far more than the sum
-over all classes (e.g. CW on the ReLU LeNet: 80% instead of 26%). The same probe picks the scale ``h`` of the fd/fd2 methods
-(:meth:`CurvatureDetector.choose_scale`, :mod:`curvext.scale_selection`).
+over all classes (e.g. CW on the ReLU LeNet: 79% instead of 26%). The same probe picks the scale
+``h`` of the fd/fd2 methods (:meth:`CurvatureDetector.choose_scale`,
+:mod:`curvext.scale_selection`).
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ class Detection:
 RECOVERY_RULES = ("max", "min", "max-top2", "min-top2")
 
 
-def recovered_labels(per_class: torch.Tensor, rule: str = "max", competitors: torch.Tensor | None = None) -> torch.Tensor:
+def recovered_labels(per_class: torch.Tensor, rule: str = "max",
+                     competitors: torch.Tensor | None = None) -> torch.Tensor:
     """The competing class with the largest (Algorithm 2, "max") or smallest ("min") summed
     curvature, ``(B,)``; classes outside the sum (NaN) never win. The "-top2" rules choose only
     between the two highest-scoring competing classes, ``competitors[:, :2]`` (``(B, K)``, as in
@@ -163,6 +165,7 @@ class CurvatureDetector:
         self.threshold: float | None = None
         self.orientation: str | None = orientation if orientation in ORIENTATIONS else None
         self.recovery = "max"
+        self._probe_memo = None  # (key of the clean images, probe result) of the last probe
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -219,9 +222,16 @@ class CurvatureDetector:
         it changed ``(n, C, H, W)``, their original labels ``(n,)`` and which clean images they
         came from ``(N,)`` bool; it knows nothing of the attacks to be detected. Deterministic:
         the orientation, the recovery rule and the scale choice see the same probe."""
+        import hashlib
+
         from curvext.attacks import pgd
 
         eps = self._probe_eps(x_clean)
+        key = (hashlib.sha256(x_clean.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
+               tuple(x_clean.shape), str(x_clean.dtype), str(x_clean.device), eps, self.seed,
+               tuple(p._version for p in self.model.parameters()))  # in-place weight updates bump these
+        if self._probe_memo is not None and self._probe_memo[0] == key:
+            return self._probe_memo[1]  # choose_scale then calibrate on the same images: one probe
         adversarial = x_clean.detach().clone()
         labels = torch.empty(x_clean.shape[0], dtype=torch.long, device=x_clean.device)
         flipped = torch.zeros(x_clean.shape[0], dtype=torch.bool, device=x_clean.device)
@@ -234,7 +244,9 @@ class CurvatureDetector:
             adversarial[new] = p.adversarial[p.success]
             labels[todo] = p.labels
             flipped[new] = True
-        return adversarial[flipped], labels[flipped], flipped
+        result = (adversarial[flipped], labels[flipped], flipped)
+        self._probe_memo = (key, result)
+        return result
 
     def choose_scale(self, x_clean: torch.Tensor, scales=None):
         """Set ``h`` to the candidate scale at which the PGD probe of the clean images separates

@@ -214,3 +214,25 @@ def _same_on(device: str):
 def test_detector_on_each_device_matches_cpu(device):
     """On "cpu" this only checks that the comparison runs; on a GPU it is the CUDA test."""
     _same_on(device)
+
+
+def test_probe_is_computed_once_per_images_and_weights(monkeypatch):
+    import curvext.attacks
+    from curvext import data, zoo
+
+    model = zoo.train("lenet", "relu", "digits").model
+    x = data.load_digits("test").images[:30]
+    calls = []
+    real = curvext.attacks.pgd
+    monkeypatch.setattr(curvext.attacks, "pgd", lambda *a, **k: calls.append(1) or real(*a, **k))
+    det = CurvatureDetector(model, num_directions=2, method="fd2")
+    first = det.probe(x)
+    n = len(calls)
+    assert n >= 1 and det.probe(x.clone()) is first and len(calls) == n  # same images: reused
+    det.probe(x[:20])
+    assert len(calls) > n  # other images: probed again
+    n = len(calls)
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.0)  # an in-place update (e.g. an optimizer step)
+    det.probe(x)
+    assert len(calls) > n
