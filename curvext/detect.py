@@ -16,9 +16,9 @@ on the model and the scale h: on our zoo models it is "higher" for the ReLU LeNe
 and "lower" for the ReLU LeNet on MNIST, for every attack alike. Neither the paper's sign rule
 (``"auto"``: clean rho mostly negative -> "higher") nor the margin of clean images predicts it
 there. ``"probe"`` (the default) reads it from the clean calibration images alone: it perturbs them
-with a small l2 PGD probe (no knowledge of the attack to be detected; each image at the smallest
-of three radii that flips it, see :meth:`CurvatureDetector.probe`) and takes the side to which
-rho moves. Label recovery is Algorithm 2's "the competing class with the largest summed
+with a small PGD probe, l2 or l-inf (``probe_norm``; no knowledge of the attack to be detected;
+each image at the smallest of three radii that flips it, see :meth:`CurvatureDetector.probe`) and
+takes the side to which rho moves. Label recovery is Algorithm 2's "the competing class with the largest summed
 curvature" (``recovery="max"``); the probe also checks it, since the probe images' true labels are
 known: it picks, among the rules of ``RECOVERY_RULES``, the one that gives most probe images back
 their labels (ties: Algorithm 2's "max"). On the smooth MNIST LeNet the original class is the one
@@ -44,6 +44,8 @@ ESTIMATORS = ("hutchinson", "deflated")
 ORIENTATIONS = ("higher", "lower")
 ORIENTATION_RULES = ORIENTATIONS + ("probe", "auto")
 PROBE_RADII = (0.25, 0.5, 1.0)  # fractions of probe_eps tried in turn by CurvatureDetector.probe
+PROBE_NORMS = ("l2", "linf")  # the probe's PGD norm: pick the one the attacks to be detected do not use
+DEFAULT_PROBE_EPS_LINF = 0.2  # per-pixel probe radius for probe_norm="linf" when none is given
 DEFAULT_SCALE = 0.05  # fd/fd2 scale h when none is given (see CurvatureDetector and choose_scale)
 
 
@@ -118,7 +120,11 @@ class CurvatureDetector:
         orientation: "probe" (default: from a small PGD probe of the clean images at
             :meth:`calibrate`), "higher", "lower" or "auto" (the paper's sign rule on clean rho);
             see the module docstring.
-        probe_eps: l2 radius of the probe (default ``0.05 * sqrt(d)`` in input units).
+        probe_eps: radius of the probe in input units (default ``0.05 * sqrt(d)`` for l2, 0.2
+            for linf).
+        probe_norm: "l2" (default) or "linf": the norm of the probe's PGD. The probe chooses
+            h, the orientation and the recovery rule, so a probe of another norm than the
+            attacks to be detected keeps their family out of every choice.
         seed: seeds the directions (the same seed gives the same rho).
         input_range: ``(low, high)`` the model expects, checked on every input; None skips it.
         batch_size: images scored together. A group's passes hold batch x classes and
@@ -130,7 +136,7 @@ class CurvatureDetector:
     def __init__(self, model: torch.nn.Module, *, num_directions: int = 16, classes: int | None = None,
                  method: str = "fd2", h: float | None = None, estimator: str = "hutchinson",
                  deflation_k: int = 4, orientation: str = "probe", probe_eps: float | None = None,
-                 seed: int = 0,
+                 probe_norm: str = "l2", seed: int = 0,
                  input_range: tuple | None = (0.0, 1.0), batch_size: int = 16):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -144,6 +150,10 @@ class CurvatureDetector:
             raise ValueError(f"orientation must be one of {ORIENTATION_RULES}, got {orientation!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if probe_norm not in PROBE_NORMS:
+            raise ValueError(f"probe_norm must be one of {PROBE_NORMS}, got {probe_norm!r}")
+        if probe_eps is not None and not (probe_eps > 0 and probe_eps < float("inf")):
+            raise ValueError(f"probe_eps must be a positive finite radius, got {probe_eps!r}")
         if h is not None and not h > 0:
             raise ValueError(f"h must be > 0, got {h!r}")
         _model_checks.require_eval(model, "model")
@@ -162,6 +172,7 @@ class CurvatureDetector:
         self.batch_size = batch_size
         self.orientation_rule = orientation
         self.probe_eps = probe_eps
+        self.probe_norm = probe_norm
         self.threshold: float | None = None
         self.orientation: str | None = orientation if orientation in ORIENTATIONS else None
         self.recovery = "max"
@@ -211,10 +222,12 @@ class CurvatureDetector:
     # -- thresholds -------------------------------------------------------------------------
 
     def _probe_eps(self, x_clean: torch.Tensor) -> float:
-        return 0.05 * x_clean[0].numel() ** 0.5 if self.probe_eps is None else float(self.probe_eps)
+        if self.probe_eps is not None:
+            return float(self.probe_eps)
+        return 0.05 * x_clean[0].numel() ** 0.5 if self.probe_norm == "l2" else DEFAULT_PROBE_EPS_LINF
 
     def probe(self, x_clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The calibration probe: l2 PGD (20 steps, the detector's seed) of the clean images
+        """The calibration probe: PGD in ``probe_norm`` (20 steps, the detector's seed) of the clean images
         ``x_clean (N, C, H, W)`` at growing radii ``probe_eps * (1/4, 1/2, 1)``, each image
         perturbed at the smallest radius that changes its label (larger radii are tried only on
         the images not yet flipped). So the probe images sit just across the boundary, as
@@ -228,7 +241,7 @@ class CurvatureDetector:
 
         eps = self._probe_eps(x_clean)
         key = (hashlib.sha256(x_clean.detach().cpu().contiguous().numpy().tobytes()).hexdigest(),
-               tuple(x_clean.shape), str(x_clean.dtype), str(x_clean.device), eps, self.seed,
+               tuple(x_clean.shape), str(x_clean.dtype), str(x_clean.device), eps, self.probe_norm, self.seed,
                tuple(p._version for p in self.model.parameters()))  # in-place weight updates bump these
         if self._probe_memo is not None and self._probe_memo[0] == key:
             return self._probe_memo[1]  # choose_scale then calibrate on the same images: one probe
@@ -239,7 +252,7 @@ class CurvatureDetector:
             todo = (~flipped).nonzero().flatten()
             if todo.numel() == 0:
                 break
-            p = pgd(self.model, x_clean[todo], eps=fraction * eps, norm="l2", steps=20, seed=self.seed)
+            p = pgd(self.model, x_clean[todo], eps=fraction * eps, norm=self.probe_norm, steps=20, seed=self.seed)
             new = todo[p.success]
             adversarial[new] = p.adversarial[p.success]
             labels[todo] = p.labels
@@ -270,7 +283,8 @@ class CurvatureDetector:
             return ("higher" if float(rho_clean.median()) < 0 else "lower"), "max"
         adversarial, truth, success = self.probe(x_clean)
         if adversarial.shape[0] == 0:
-            raise RuntimeError(f"orientation probe: PGD-l2 at eps={self._probe_eps(x_clean):.3g} changed no label; "
+            raise RuntimeError(f"orientation probe: PGD-{self.probe_norm} at eps={self._probe_eps(x_clean):.3g} "
+                               "changed no label; "
                                "pass a larger probe_eps or a fixed orientation")
         s = self.score(adversarial)
         rho_probe = s.rho.double().cpu()

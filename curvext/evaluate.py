@@ -155,10 +155,13 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     settings.update(method=detector.method, T=detector.num_directions, K=detector.classes,
                     estimator=detector.estimator, seed=detector.seed)
     cache = None if out_dir is None else Path(out_dir) / "cache"
+    # What the probe's decisions (scale, orientation, recovery rule) depend on beyond the scores.
+    probe_settings = dict(orientation=detector.orientation_rule, probe_eps=detector.probe_eps,
+                          probe_norm=detector.probe_norm)
     scale_choice = None
     if scales is not None:
         scales = [float(s) for s in scales]
-        choice_key = _key(dict(settings, scales=scales, probe_eps=detector.probe_eps))
+        choice_key = _key(dict(settings, scales=scales, **probe_settings))
         scale_choice = ScaleChoice(**_cached(None if cache is None else cache / f"scale-{choice_key}.pt",
                                              lambda: detector.choose_scale(x, scales).__dict__))
         detector.h = scale_choice.h
@@ -166,7 +169,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     key = _key(settings)
     clean = _cached(None if cache is None else cache / f"clean-{key}.pt", lambda: _scores(model, detector, x))
     rho_c = clean["rho"].numpy()
-    orientation, recovery = _cached(None if cache is None else cache / f"probe-{key}.pt",
+    probe_key = _key(dict(settings, **probe_settings))
+    orientation, recovery = _cached(None if cache is None else cache / f"probe-{probe_key}.pt",
                                     lambda: {"o": detector.resolve_orientation(x, torch.from_numpy(rho_c))})["o"]
     sign = 1.0 if orientation == "higher" else -1.0
     clean_sign_share = float(np.mean(rho_c < 0))  # the paper's "clean sign": negative curvature

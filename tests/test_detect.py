@@ -156,27 +156,40 @@ def test_recovered_labels_rules_skip_classes_outside_the_sum():
         recovered_labels(per_class, "median")
 
 
-def test_probe_perturbs_each_image_at_the_smallest_radius_that_flips_it():
+@pytest.mark.parametrize("norm, eps", [("l2", 0.6), ("linf", 0.2)])
+def test_probe_perturbs_each_image_at_the_smallest_radius_that_flips_it(norm, eps):
     from curvext import attacks, data, zoo
     from curvext.detect import PROBE_RADII
 
     model = zoo.train("lenet", "relu", "digits").model
     x = data.load_digits("test").images[:60]
-    det = CurvatureDetector(model, num_directions=2, method="fd2", probe_eps=0.6)
+    det = CurvatureDetector(model, num_directions=2, method="fd2", probe_eps=eps, probe_norm=norm)
     adversarial, labels, flipped = det.probe(x)
     assert adversarial.shape[0] == labels.shape[0] == int(flipped.sum()) > 0
     with torch.no_grad():
         assert (model(adversarial).argmax(1) != labels).all()
         assert torch.equal(labels, model(x[flipped]).argmax(1))
-    norms = (adversarial - x[flipped]).flatten(1).norm(dim=1)
-    assert (norms <= 0.6 * PROBE_RADII[-1] + 1e-5).all()
+    delta = (adversarial - x[flipped]).flatten(1)
+    norms = delta.norm(dim=1) if norm == "l2" else delta.abs().amax(dim=1)
+    assert (norms <= eps * PROBE_RADII[-1] + 1e-5).all()
     # The first radius is tried on every image: its flips are exactly those of a plain PGD run.
-    first = attacks.pgd(model, x, eps=0.6 * PROBE_RADII[0], norm="l2", steps=20, seed=det.seed)
+    first = attacks.pgd(model, x, eps=eps * PROBE_RADII[0], norm=norm, steps=20, seed=det.seed)
     assert bool(first.success.any()) and bool((flipped & ~first.success).any())  # later radii add images
     assert (flipped[first.success]).all()
     small = first.success[flipped]
     torch.testing.assert_close(adversarial[small], first.adversarial[first.success])
-    assert (norms[~small] > 0.6 * PROBE_RADII[0] - 1e-5).all()  # only images the small radius could not flip
+    assert (norms[~small] > eps * PROBE_RADII[0] - 1e-5).all()  # only images the small radius could not flip
+
+
+def test_probe_norm_default_radius_and_validation():
+    det = CurvatureDetector(SmoothNet(torch.nn.Softplus()).eval(), probe_norm="linf")
+    x = torch.rand(3, 1, 4, 4)
+    assert det._probe_eps(x) == 0.2
+    assert CurvatureDetector(det.model)._probe_eps(x) == pytest.approx(0.05 * 4)
+    with pytest.raises(ValueError, match="probe_norm"):
+        CurvatureDetector(det.model, probe_norm="l1")
+    with pytest.raises(ValueError, match="probe_eps"):
+        CurvatureDetector(det.model, probe_eps=0.0)
 
 
 def _same_on(device: str):
@@ -234,5 +247,9 @@ def test_probe_is_computed_once_per_images_and_weights(monkeypatch):
     n = len(calls)
     with torch.no_grad():
         next(model.parameters()).mul_(1.0)  # an in-place update (e.g. an optimizer step)
+    det.probe(x)
+    assert len(calls) > n
+    n = len(calls)
+    det.probe_norm = "linf"  # another probe altogether
     det.probe(x)
     assert len(calls) > n

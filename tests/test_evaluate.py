@@ -65,6 +65,13 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     assert base == [(r.attack, r.score, r.success_rate, r.median_norm, r.auc) for r in rep3.rows
                     if r.score != "curvext"]
     assert not np.allclose(rep3.rho_perturbed["pgd-l2"], rho_p)
+    # The cached probe decision belongs to the orientation rule that made it: a fixed orientation
+    # on the same images and h is used as given, not read back from the probe's cache.
+    fixed = "lower" if rep.orientation == "higher" else "higher"
+    det_fixed = CurvatureDetector(digits_model, num_directions=4, method="fd2", h=0.1, orientation=fixed)
+    rep4 = evaluate(digits_model, test.images, test.labels, detector=det_fixed, attacks=spy, out_dir=tmp_path,
+                    progress=False)
+    assert calls == [] and rep4.orientation == fixed and rep4.settings["recovery"] == "max"
     paths = write_outputs(rep, tmp_path / "out")
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
 
@@ -86,9 +93,10 @@ def test_evaluate_command_needs_data_dir_for_mnist(capsys):
 def test_evaluate_command_compares_scales_on_one_set_of_attacks(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
     args = ["evaluate", "--images", "40", "--directions", "4", "--h", "0.1,0.5", "--no-progress",
-            "--out", str(tmp_path / "out")]
+            "--probe-norm", "linf", "--out", str(tmp_path / "out")]
     assert main(args) == 0
     out = capsys.readouterr().out
+    assert out.count("(PGD-linf probe)") == 2
     assert "## curvext by scale" in out and "| lenet-relu | fd2 | 0.1 |" in out and "| lenet-relu | fd2 | 0.5 |" in out
     attacks = sorted(p.name for p in (tmp_path / "out" / "cache").glob("attack-*.pt"))
     assert len(attacks) == 4  # one file per attack, shared by both scales
@@ -101,3 +109,11 @@ def test_evaluate_command_rejects_bad_scales(bad, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--h", bad])
     assert "--h" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, bad", [("--probe-eps", "0"), ("--probe-eps", "inf"), ("--probe-eps", "x"),
+                                         ("--probe-norm", "l1")])
+def test_evaluate_command_rejects_bad_probe_settings(option, bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", option, bad])
+    assert option in capsys.readouterr().err

@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=None, help="competing classes K (default: all)")
     p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
                    help="side of rho where perturbed images are expected (probe: PGD probe of clean images)")
+    p.add_argument("--probe-norm", default="l2", choices=("l2", "linf"),
+                   help="norm of the probe's PGD, which picks h, orientation and recovery rule from the clean "
+                        "images; linf keeps the l2 attacks' family (DeepFool, PGD l2, CW) out of those choices")
+    p.add_argument("--probe-eps", type=_positive, default=None,
+                   help="largest probe radius in input units (default 0.05 sqrt(d) for l2, 0.2 for linf)")
     p.add_argument("--eps-linf", type=float, default=0.1)
     p.add_argument("--eps-l2", type=float, default=1.0)
     p.add_argument("--cw-confidence", type=float, default=5.0)
@@ -51,6 +56,16 @@ def _scales(text: str):
     if not values or any(not v > 0 or v == float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"expected positive finite numbers separated by commas, got {text!r}")
     return values
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -95,7 +110,8 @@ def run(args) -> int:
         for h in [None] if method == "autograd" or auto else args.h:
             t0 = time.perf_counter()
             detector = CurvatureDetector(model, num_directions=args.directions, classes=args.classes, method=method,
-                                         h=h, orientation=args.orientation, seed=args.seed)
+                                         h=h, orientation=args.orientation, probe_norm=args.probe_norm,
+                                         probe_eps=args.probe_eps, seed=args.seed)
             settings = dict(model=label, dataset=args.dataset, eps_linf=args.eps_linf, eps_l2=args.eps_l2,
                             cw=args.cw_confidence, attack_seed=args.seed)
             report = evaluate(model, test.images, test.labels, detector=detector, attacks=attacks, out_dir=args.out,
@@ -107,8 +123,9 @@ def run(args) -> int:
             scale = "" if method == "autograd" else f", h={detector.h:g}"
             print(f"\n## {label} on {args.dataset}{acc}: method {method}{scale}, T={args.directions}, "
                   f"{report.n_clean} correctly classified images, {time.perf_counter() - t0:.0f} s")
-            print(f"perturbed expected {report.orientation}, recovery by {report.settings['recovery']} curvature; "
-                  f"clean images with rho < 0: {100 * report.clean_sign_share:.1f}%\n")
+            source = f" (PGD-{args.probe_norm} probe)" if args.orientation == "probe" else ""
+            print(f"perturbed expected {report.orientation}, recovery by {report.settings['recovery']} curvature"
+                  f"{source}; clean images with rho < 0: {100 * report.clean_sign_share:.1f}%\n")
             if report.scale_choice is not None:
                 print(f"h chosen from the clean images by the probe ({report.scale_choice.n_probe} probe images):\n")
                 print(report.scale_choice.table() + "\n")
