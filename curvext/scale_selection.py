@@ -4,10 +4,10 @@
 from clean images depends on the model: on the MNIST ReLU LeNet the detection AUC against PGD
 l-inf goes from 0.98 at h = 0.01 to 0.69 at h = 0.25, while the MNIST ReLU NiN is best near
 h = 0.02 (``BENCHMARKS.md``). :func:`choose_scale` picks ``h`` without seeing any attack to be
-detected: it perturbs the clean calibration images with the same small l2 PGD probe that
-resolves the orientation (:meth:`CurvatureDetector.resolve_orientation`), scores clean and probe
-images at every candidate scale, and keeps the scale at which they separate best (ROC AUC,
-either side). On the zoo's MNIST ReLU models the probe ranks the scales as the four real
+detected: it perturbs the clean calibration images with the same small PGD probe (l2, or l-inf
+with ``probe_norm``) that resolves the orientation (:meth:`CurvatureDetector.resolve_orientation`),
+scores clean and probe images at every candidate scale, and keeps the scale at which they
+separate best (ROC AUC, either side). On the zoo's MNIST ReLU models the probe ranks the scales as the four real
 attacks do.
 """
 from __future__ import annotations
