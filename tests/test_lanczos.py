@@ -6,6 +6,7 @@ so every sample's exact eigenpairs are known. Accuracy targets: 1e-6 relative in
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -115,23 +116,23 @@ def test_degenerate_extremal_eigenvalue():
     assert (AY - 3.0 * Y).norm(dim=1).max() < 1e-6
 
 
-def test_rank_one_operator():
+def test_rank_one_operator(device):
     n = 50
-    u = torch.randn(3, n, dtype=torch.float64)
+    u = torch.randn(3, n, dtype=torch.float64).to(device)
     u = u / u.norm(dim=1, keepdim=True)
-    lam = torch.tensor([2.0, -5.0, 0.5], dtype=torch.float64)
+    lam = torch.tensor([2.0, -5.0, 0.5], dtype=torch.float64, device=device)
 
     def op(V, index):
         return lam[index, None] * u[index] * (u[index] * V).sum(1, keepdim=True)
 
-    res = curvext.lanczos(op, torch.randn(3, n, dtype=torch.float64), k=1, which="LM", tol=1e-10)
-    np.testing.assert_allclose(res.eigenvalues[:, 0].numpy(), lam.numpy(), rtol=1e-10)
+    res = curvext.lanczos(op, torch.randn(3, n, dtype=torch.float64).to(device), k=1, which="LM", tol=1e-10)
+    np.testing.assert_allclose(res.eigenvalues[:, 0].cpu().numpy(), lam.cpu().numpy(), rtol=1e-10)
     cos = (res.eigenvectors[:, 0] * u).sum(1).abs()
-    np.testing.assert_allclose(cos.numpy(), 1.0, rtol=1e-8)
+    np.testing.assert_allclose(cos.cpu().numpy(), 1.0, rtol=1e-8)
     assert (res.steps < n).all()  # the breakdown ends the run long before the dimension
 
 
-def test_start_vector_inside_invariant_subspace():
+def test_start_vector_inside_invariant_subspace(device):
     # v0 spans a 3-dim eigenspace; the true extremes lie outside it. After the breakdown the
     # solver restarts orthogonally and still finds them.
     n = 60
@@ -139,14 +140,14 @@ def test_start_vector_inside_invariant_subspace():
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     lam = np.linspace(-1, 1, n)
     lam[-1] = 4.0
-    A = torch.tensor((Q * lam) @ Q.T).unsqueeze(0)
-    v0 = torch.tensor(Q[:, 10:13] @ rng.standard_normal(3)).unsqueeze(0)
+    A = torch.tensor((Q * lam) @ Q.T, device=device).unsqueeze(0)
+    v0 = torch.tensor(Q[:, 10:13] @ rng.standard_normal(3), device=device).unsqueeze(0)
     res = curvext.lanczos(batched_op(A), v0, k=2, which="LA", tol=1e-10, max_steps=n)
-    np.testing.assert_allclose(res.eigenvalues[0].numpy(), [lam[-2], lam[-1]], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(res.eigenvalues[0].cpu().numpy(), [lam[-2], lam[-1]], rtol=1e-6, atol=1e-8)
     assert res.converged.all()
 
 
-def test_whole_space_exhausted_with_fewer_values_than_k():
+def test_whole_space_exhausted_with_fewer_values_than_k(device):
     # The operator is zero on the complement of a 2-D space: Lanczos finds both non-zero values
     # and one copy of 0, then stops early instead of running all n steps.
     n = 40
@@ -154,9 +155,10 @@ def test_whole_space_exhausted_with_fewer_values_than_k():
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     lam = np.zeros(n)
     lam[:2] = [3.0, -2.0]
-    A = torch.tensor((Q * lam) @ Q.T).unsqueeze(0)
-    res = curvext.lanczos(batched_op(A), torch.randn(1, n, dtype=torch.float64), k=3, which="LM", tol=1e-10)
-    np.testing.assert_allclose(np.sort(res.eigenvalues[0].numpy()), [-2.0, 0.0, 3.0], atol=1e-10)
+    A = torch.tensor((Q * lam) @ Q.T, device=device).unsqueeze(0)
+    res = curvext.lanczos(batched_op(A), torch.randn(1, n, dtype=torch.float64).to(device), k=3, which="LM",
+                          tol=1e-10)
+    np.testing.assert_allclose(np.sort(res.eigenvalues[0].cpu().numpy()), [-2.0, 0.0, 3.0], atol=1e-10)
     assert res.steps[0] < n
 
 
@@ -208,15 +210,16 @@ def test_lanczos_step_orthogonal_when_w_lies_mostly_in_the_basis(dtype, eps, dev
     assert (r @ Qd.T).abs().max() < 20 * eps  # one pass only would leave ~1e3 eps
 
 
-def test_lanczos_step_op_only_touches_indexed_samples():
+def test_lanczos_step_op_only_touches_indexed_samples(device):
     B, n = 4, 10
-    basis = torch.zeros(B, 3, n, dtype=torch.float64)
+    basis = torch.zeros(B, 3, n, dtype=torch.float64, device=device)
     basis[:, 0, 0] = 1.0
-    alpha = torch.zeros(B, 2, dtype=torch.float64)
-    beta = torch.zeros(B, 2, dtype=torch.float64)
+    alpha = torch.zeros(B, 2, dtype=torch.float64, device=device)
+    beta = torch.zeros(B, 2, dtype=torch.float64, device=device)
     before = basis.clone()
-    idx = torch.tensor([2])
-    torch.ops.curvext.lanczos_step(basis, torch.randn(1, n, dtype=torch.float64), alpha, beta, idx, 0, 1e-14, 0)
+    idx = torch.tensor([2], device=device)
+    w = torch.randn(1, n, dtype=torch.float64).to(device)
+    torch.ops.curvext.lanczos_step(basis, w, alpha, beta, idx, 0, 1e-14, 0)
     changed = (basis != before).flatten(1).any(1)
     assert changed.tolist() == [False, False, True, False]
     assert alpha[:, 0].ne(0).tolist() == [False, False, True, False]
@@ -305,17 +308,24 @@ def test_raw_lanczos_step_rejects_bad_arguments():
         torch.ops.curvext.lanczos_step(basis, torch.zeros(2, 5), alpha, beta, torch.tensor([0]), 0, 1e-6, 0)
     with pytest.raises(RuntimeError, match="dtype of basis"):
         torch.ops.curvext.lanczos_step(basis, w.double(), alpha, beta, torch.tensor([0]), 0, 1e-6, 0)
+    # alpha and beta rows share one stride in the kernels: a wider beta would be written at the
+    # wrong rows, so the widths must agree.
+    with pytest.raises(RuntimeError, match="same width"):
+        torch.ops.curvext.lanczos_step(basis, w, alpha, torch.zeros(2, 3), torch.tensor([0]), 0, 1e-6, 0)
 
 
 @pytest.mark.parametrize("which", ["LA", "SA", "BE", "LM"])
-def test_low_rank_operator_with_more_wanted_values_than_its_rank(which):
+def test_low_rank_operator_with_more_wanted_values_than_its_rank(which, device):
     # Rank 3 in n = 40: after the Krylov space {nonzero eigenvectors + one null direction} the
     # restart direction is an eigenvector (A = 0 on the complement), so the zero eigenvalue's
     # multiplicity is known and fills the k = 6 wanted values instead of NaN.
     n, k = 40, 6
     lam = torch.zeros(n, dtype=torch.float64)
     lam[:3] = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64)
-    res = curvext.lanczos(lambda V, i: lam * V, torch.randn(1, n, dtype=torch.float64), k=k, which=which)
+    lam = lam.to(device)
+    res = curvext.lanczos(lambda V, i: lam * V, torch.randn(1, n, dtype=torch.float64).to(device), k=k, which=which)
+    res = dataclasses.replace(res, **{f.name: getattr(res, f.name).cpu() for f in dataclasses.fields(res)})
+    lam = lam.cpu()
     full = np.sort(lam.numpy())
     want = {"LA": full[-k:], "SA": full[:k], "BE": np.r_[full[: k // 2], full[n - (k + 1) // 2:]],
             "LM": np.sort(full[np.argsort(-np.abs(full), kind="stable")[:k]])}[which]

@@ -6,6 +6,8 @@ namespace curvext {
 namespace cuda {
 
 constexpr int kThreads = 256;
+// warp_sum's full mask and block_sum's 32 warp slots need whole warps and at most 1024 threads.
+static_assert(kThreads % 32 == 0 && kThreads <= 1024, "block size must be whole warps, <= 1024");
 
 __device__ inline double warp_sum(double v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);

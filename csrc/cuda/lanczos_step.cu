@@ -42,12 +42,15 @@ __device__ void cgs_pass(const T* Q, int rows, int64_t n, T* r, double* h) {
 
 template <typename T>
 __global__ void lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* index,
-                                    int* flags, int64_t rows_per_sample, int64_t n, int64_t ld, int j,
-                                    T tol, uint64_t seed) {
+                                    int* flags, int64_t batch, int64_t rows_per_sample, int64_t n,
+                                    int64_t ld, int j, T tol, uint64_t seed) {
   extern __shared__ double shared[];
   double* scratch = shared;     // 33 doubles for block sums
   double* h = shared + 33;      // j + 1 reorthogonalisation coefficients
   const int64_t s = index[blockIdx.x];
+  // The CPU kernel raises on an index outside the batch; checking it on the host here would
+  // synchronise, so the device traps instead of touching another sample's memory.
+  CUDA_KERNEL_ASSERT(s >= 0 && s < batch);
   T* Q = basis + s * rows_per_sample * n;
   const T* q = Q + (int64_t)j * n;
   T* r = Q + (int64_t)(j + 1) * n;
@@ -106,15 +109,30 @@ at::Tensor lanczos_step_cuda(at::Tensor& basis, const at::Tensor& w_in, at::Tens
   const int64_t b = idx.size(0);
   at::Tensor flags = at::zeros({b}, idx.options().dtype(at::kInt));
   if (b == 0) return flags;
+  // Block-sum scratch and the step + 1 Gram-Schmidt coefficients live in shared memory. Past the
+  // default 48 KB per block (about 6100 steps) the kernel opts in to the device's maximum
+  // (227 KB on an H100: about 29000 steps).
   const size_t shared_bytes = (33 + step + 1) * sizeof(double);
-  TORCH_CHECK(shared_bytes <= 48 * 1024, "lanczos_step: step ", step,
-              " exceeds the CUDA kernel's limit of ", 48 * 1024 / 8 - 34, " steps");
+  const size_t default_limit = 48 * 1024;
+  int optin_limit = 0;
+  if (shared_bytes > default_limit) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                          basis.get_device()));
+    TORCH_CHECK(shared_bytes <= (size_t)optin_limit, "lanczos_step: step ", step,
+                " exceeds the CUDA kernel's limit of ", optin_limit / 8 - 34,
+                " steps on this device (shared memory per block)");
+  }
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "lanczos_step_cuda", [&] {
+    if (shared_bytes > default_limit)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(lanczos_step_kernel<scalar_t>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)shared_bytes));
     lanczos_step_kernel<scalar_t><<<(unsigned)b, kThreads, shared_bytes, stream>>>(
         basis.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
-        beta.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), flags.data_ptr<int>(), basis.size(1),
-        basis.size(2), alpha.size(1), (int)step, scalar_t(breakdown_tol), (uint64_t)seed);
+        beta.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), flags.data_ptr<int>(), basis.size(0),
+        basis.size(1), basis.size(2), alpha.size(1), (int)step, scalar_t(breakdown_tol),
+        (uint64_t)seed);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return flags;

@@ -26,8 +26,9 @@ struct Workspace {
 };
 
 template <typename T>
-__global__ void tridiag_kernel(const T* alpha, const T* beta, int n, int mode, T* values, T* b2_ws,
-                               Workspace ws) {
+__global__ void __launch_bounds__(kMaxThreads)
+tridiag_kernel(const T* alpha, const T* beta, int n, int mode, T* values, T* b2_ws,
+               Workspace ws) {
   const int64_t s = blockIdx.x;
   const T* a = alpha + s * n;
   const T* b = beta + s * (n - 1);

@@ -52,6 +52,9 @@ inline void lanczos_step(const at::Tensor& basis, const at::Tensor& w, const at:
               op, ": alpha must be a contiguous (B, M) = (", B, ", ", M, ") tensor, got ", alpha.sizes());
   TORCH_CHECK(beta.dim() == 2 && beta.size(0) == B && beta.size(1) >= M && beta.is_contiguous(), op,
               ": beta must be a contiguous (B, M) = (", B, ", ", M, ") tensor, got ", beta.sizes());
+  // The kernels address a sample's alpha and beta rows with one leading dimension.
+  TORCH_CHECK(beta.size(1) == alpha.size(1), op, ": alpha and beta must have the same width, got ",
+              alpha.sizes(), " and ", beta.sizes());
   TORCH_CHECK(step >= 0 && step < M, op, ": step must be in [0, ", M, ") for a basis with M+1 = ",
               M + 1, " rows, got ", step);
 }
