@@ -24,7 +24,7 @@ import torchvision
 from curvext.detect import CurvatureDetector
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reporting import emit  # noqa: E402
+from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
 
 def build_model(weights: str | None, device: str) -> torch.nn.Module:
@@ -61,11 +61,13 @@ def main(argv=None):
     p.add_argument("--methods", default="fd2,fd")
     p.add_argument("--weights", default=None)
     p.add_argument("--out", default=None)
+    add_malloc_option(p)
     args = p.parse_args(argv)
+    malloc = configure_malloc(args)
     model = build_model(args.weights, args.device)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.images, 3, args.size, args.size, generator=g).to(args.device)
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores"
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPU cores, {malloc}"
     lines = [f"machine: {platform.machine()}, {where}, torch {torch.__version__}; ResNet-50 "
              f"({'weights ' + args.weights if args.weights else 'random weights'}), {args.images} images "
              f"{args.size}x{args.size}, K={args.classes}, T={args.directions}, batch {args.batch_size}",

@@ -12,6 +12,8 @@ evaluations at x +- h v); "fd2" (the quadratic form v^T H v from two forward pas
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import pytest
@@ -19,6 +21,9 @@ import torch
 
 from curvext import zoo
 from curvext.hvp import InputHessian, pair_logit_difference
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reporting import add_malloc_option, configure_malloc  # noqa: E402
 
 SIZES = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
 
@@ -78,11 +83,13 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dataset", choices=sorted(SIZES), default="mnist")
     p.add_argument("--repeat", type=int, default=5)
+    add_malloc_option(p)
     args = p.parse_args(argv)
+    malloc = configure_malloc(args)
     problem = setup(args.batch, args.dataset)
     times = {name: best_time(fn, args.repeat) for name, fn in cases(*problem).items()}
     unit = times["forward"]
-    print(f"B={args.batch} {args.dataset} LeNet (smooth), fp32, {torch.get_num_threads()} threads; "
+    print(f"B={args.batch} {args.dataset} LeNet (smooth), fp32, {torch.get_num_threads()} threads, {malloc}; "
           f"one forward = {1e3 * unit:.2f} ms")
     print(f"| method | ms | x forward |\n|---|---:|---:|")
     for name, t in times.items():

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import curvext  # noqa: E402
 from problems import cnn_input_hvp, diag_plus_low_rank  # noqa: E402
-from reporting import emit  # noqa: E402
+from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
 
 def elapsed(fn, device="cpu"):
@@ -153,7 +153,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--out", default=None, help="also write the Markdown table here")
+    add_malloc_option(parser)
     args = parser.parse_args(argv)
+    malloc = configure_malloc(args)
     device = args.device
     torch.manual_seed(0)
     rows = tridiag_rows(device, args.quick)
@@ -171,7 +173,7 @@ def main(argv=None):
     lines = [
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"scipy {scipy.__version__}, device {device}"
-        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""),
+        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "") + f", {malloc}",
         "",
         "| case | curvext (s) | reference | reference (s) | speed-up |",
         "|---|---:|---|---:|---:|",

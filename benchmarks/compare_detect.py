@@ -22,7 +22,7 @@ from curvext import data, zoo
 from curvext.detect import CurvatureDetector
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reporting import emit  # noqa: E402
+from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
 
 def reference_rho(model, x, V, K):
@@ -101,12 +101,15 @@ def main(argv=None):
     p.add_argument("--directions", type=int, default=16)
     p.add_argument("--classes", type=int, default=9)
     p.add_argument("--out", default=None)
+    add_malloc_option(p)
     args = p.parse_args(argv)
+    malloc = configure_malloc(args)
     dataset = "mnist" if args.data_dir else "digits"
     test = data.load_mnist(args.data_dir, "test", limit=args.images) if args.data_dir else data.load_digits("test").subset(args.images)
     x = test.images
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads; {dataset}, {x.shape[0]} images, T={args.directions}, K={args.classes}",
+             f"{torch.get_num_threads()} threads, {malloc}; {dataset}, {x.shape[0]} images, T={args.directions}, "
+             f"K={args.classes}",
              "", "| model | method | curvext img/s | reference img/s | speed-up | max rel. diff of rho |",
              "|---|---|---:|---:|---:|---:|"]
     for name in ("lenet", "nin"):

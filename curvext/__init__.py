@@ -46,6 +46,8 @@ _LAZY = {
     "feature_squeezing_score": "curvext.baselines",
     "runner_up_labels": "curvext.baselines",
     "detection_metrics": "curvext.metrics",
+    # process settings
+    "tune_cpu_allocator": "curvext.cpu_allocator",
 }
 
 __all__ = ["EigResult", "lanczos", "power_iteration", "tridiag_eigh", "train_model", *_LAZY]

@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from curvext.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_env
+
+    if tuning_enabled_by_env():  # the command owns its process (see curvext.cpu_allocator)
+        logging.getLogger(__name__).info("glibc malloc tuned for batched tensors: %s", tune_cpu_allocator())
     return int(args.func(args) or 0)
 
 

@@ -31,9 +31,19 @@ Methods (how second derivatives are measured):
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 from torch.func import jvp, vjp, vmap
+
+with warnings.catch_warnings():
+    # torch's own forward-mode decompositions call the deprecated torch.jit.script when first
+    # loaded by jvp: a FutureWarning about torch internals that users of curvext cannot act on.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    try:
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+    except ImportError:  # moved or gone in another torch version: nothing to silence
+        pass
 
 logger = logging.getLogger(__name__)
 
