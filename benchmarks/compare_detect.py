@@ -101,6 +101,9 @@ def main(argv=None):
     p.add_argument("--directions", type=int, default=16)
     p.add_argument("--classes", type=int, default=9)
     p.add_argument("--out", default=None)
+    p.add_argument("--compile", action="store_true",
+                   help="also time CurvatureDetector(compile=True) on the smooth models (compilation: 20-40 s "
+                        "per model, reported, not counted in img/s)")
     add_malloc_option(p)
     args = p.parse_args(argv)
     malloc = configure_malloc(args)
@@ -128,6 +131,19 @@ def main(argv=None):
                 rel = float(((ours - ref).abs() / ref.abs().clamp_min(1e-12)).max())
                 lines.append(f"| {name}-{activation} | autograd | {x.shape[0] / t_ours:.1f} | "
                              f"{x.shape[0] / t_ref:.1f} | {t_ref / t_ours:.1f}x | {rel:.1e} |")
+                if args.compile:
+                    det_c = CurvatureDetector(model, num_directions=args.directions, classes=args.classes,
+                                              method="autograd", compile=True)
+                    t0 = time.perf_counter()
+                    det_c.score(x[:4])  # compiles once for groups of det_c.batch_size images
+                    t_compile = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    compiled = det_c.score(x).rho.double()
+                    t_c = time.perf_counter() - t0
+                    rel_c = float(((compiled - ref).abs() / ref.abs().clamp_min(1e-12)).max())
+                    lines.append(f"| {name}-{activation} | autograd, compile=True (compilation {t_compile:.0f} s, "
+                                 f"not counted) | {x.shape[0] / t_c:.1f} | {x.shape[0] / t_ref:.1f} | "
+                                 f"{t_ref / t_c:.1f}x | {rel_c:.1e} |")
             det_fd = CurvatureDetector(model, num_directions=args.directions, classes=args.classes, method="fd2")
             det_fd.score(x[:4])
             t0 = time.perf_counter()

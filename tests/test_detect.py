@@ -253,3 +253,38 @@ def test_probe_is_computed_once_per_images_and_weights(monkeypatch):
     det.probe_norm = "linf"  # another probe altogether
     det.probe(x)
     assert len(calls) > n
+
+
+def test_compiled_scores_equal_eager_ones_and_pad_the_last_group():
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)  # groups of 4 and 1: the 1 is padded to 4
+    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
+    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True)
+    compiled = det.score(x)
+    assert not det._compiled_sums.failed
+    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(compiled.per_class, eager.per_class, rtol=1e-10, atol=1e-12, equal_nan=True)
+    assert torch.equal(compiled.predicted, eager.predicted)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    det = CurvatureDetector(model, num_directions=2, method="autograd", compile=True)
+    with caplog.at_level("WARNING"):
+        out = det.score(x)
+    assert det._compiled_sums.failed and "no C++ compiler" in caplog.text
+    eager = CurvatureDetector(model, num_directions=2, method="autograd").score(x)
+    torch.testing.assert_close(out.rho, eager.rho, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="fd2"), dict(method="autograd", estimator="deflated")])
+def test_compile_only_for_the_exact_hutchinson_sums(kwargs):
+    with pytest.raises(ValueError, match="compile=True"):
+        CurvatureDetector(SmoothNet(torch.nn.Softplus()).eval(), compile=True, **kwargs)
