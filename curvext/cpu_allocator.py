@@ -55,7 +55,8 @@ def tune_cpu_allocator(*, mmap_threshold: int = MMAP_THRESHOLD_MAX, trim_thresho
     if mallopt is None:
         return False
     settings = ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    applied = [mallopt(param, value) for param, value in settings]  # every one, even after a refusal
+    return all(status == 1 for status in applied)
 
 
 def tuning_enabled_by_env() -> bool:
