@@ -16,6 +16,7 @@ used from then on.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 
@@ -52,7 +53,12 @@ class CompiledCurvatureSums:
             # larger base ("Tensor device mismatch"), so it gets a tensor of its own.
             x = x.clone()
         try:
-            sums = self._compiled(x, cls, predicted, V)
+            with warnings.catch_warnings():
+                # functorch's notice, while the compiler traces vmap, that a view op lacks a batching
+                # rule: it concerns tracing speed, not the compiled kernels.
+                warnings.filterwarnings("ignore", message=r".*not yet implemented the batching rule.*",
+                                        category=UserWarning)
+                sums = self._compiled(x, cls, predicted, V)
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # noqa: BLE001  (the compiler's errors have many types)

@@ -267,6 +267,20 @@ def test_compiled_scores_equal_eager_ones_and_pad_the_last_group():
     assert torch.equal(compiled.predicted, eager.predicted)
 
 
+def test_compiled_zoo_cnn_matches_eager_in_float32():
+    """The real architecture (convolutions, average pooling, softplus) through the compiler."""
+    from curvext import data, zoo
+
+    model = zoo.train("lenet", "smooth", "digits").model
+    x = data.load_digits("test").images[:12]
+    eager = CurvatureDetector(model, num_directions=4, method="autograd", batch_size=8).score(x)
+    det = CurvatureDetector(model, num_directions=4, method="autograd", batch_size=8, compile=True)
+    compiled = det.score(x)
+    assert not det._compiled_sums.failed
+    # float32 kernels fused in another order: rounding differences only (measured 1e-6).
+    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-4, atol=1e-6)
+
+
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
     def broken(fn, **kwargs):
         def run(*args):
