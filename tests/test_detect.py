@@ -255,9 +255,9 @@ def test_probe_is_computed_once_per_images_and_weights(monkeypatch):
     assert len(calls) > n
 
 
-def test_compiled_scores_equal_eager_ones_and_pad_the_last_group():
-    model = SmoothNet(torch.nn.Softplus()).eval()
-    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)  # groups of 4 and 1: the 1 is padded to 4
+def test_compiled_scores_equal_eager_ones_and_pad_the_last_group(device):
+    model = SmoothNet(torch.nn.Softplus()).eval().to(device)
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64).to(device)  # groups of 4 and 1: the 1 is padded to 4
     eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
     det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True)
     compiled = det.score(x)
