@@ -117,3 +117,26 @@ def test_evaluate_command_rejects_bad_probe_settings(option, bad, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", option, bad])
     assert option in capsys.readouterr().err
+
+
+def test_evaluate_command_compiles_only_the_exact_method(tmp_path, monkeypatch, capsys):
+    import curvext.compiled_sums
+    from curvext.quadratic_forms import class_curvature_sums
+
+    built = []
+
+    class Recorded:  # stands in for the compiler: records the request, computes eagerly
+        def __init__(self, model, batch_size):
+            built.append(model)
+            self.model = model
+
+        def __call__(self, x, cls, predicted, V):
+            return class_curvature_sums(self.model, x, cls, predicted, V, "autograd", 0.0)
+
+    monkeypatch.setattr(curvext.compiled_sums, "CompiledCurvatureSums", Recorded)
+    monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
+    args = ["evaluate", "--images", "30", "--directions", "2", "--activation", "relu,smooth", "--compile",
+            "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert "## lenet-smooth" in capsys.readouterr().out
+    assert len(built) == 1  # the smooth model (autograd) only; the ReLU one runs fd2 eagerly

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the clean images by the orientation probe; several, comma separated, compare scales "
                         "on the same adversarial images (attacked once)")
     p.add_argument("--directions", type=int, default=16, help="random directions T")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the exact (autograd) curvature sums of smooth models: 1.3-1.4x on a CPU "
+                        "after a one-off compilation of 20-40 s per model; fd/fd2 models run as usual")
     p.add_argument("--classes", type=int, default=None, help="competing classes K (default: all)")
     p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
                    help="side of rho where perturbed images are expected (probe: PGD probe of clean images)")
@@ -111,7 +114,8 @@ def run(args) -> int:
             t0 = time.perf_counter()
             detector = CurvatureDetector(model, num_directions=args.directions, classes=args.classes, method=method,
                                          h=h, orientation=args.orientation, probe_norm=args.probe_norm,
-                                         probe_eps=args.probe_eps, seed=args.seed)
+                                         probe_eps=args.probe_eps, seed=args.seed,
+                                         compile=args.compile and method == "autograd")
             settings = dict(model=label, dataset=args.dataset, eps_linf=args.eps_linf, eps_l2=args.eps_l2,
                             cw=args.cw_confidence, attack_seed=args.seed)
             report = evaluate(model, test.images, test.labels, detector=detector, attacks=attacks, out_dir=args.out,
