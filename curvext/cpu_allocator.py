@@ -54,7 +54,8 @@ def tune_cpu_allocator(*, mmap_threshold: int = MMAP_THRESHOLD_MAX, trim_thresho
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the C library the process already uses
     if mallopt is None:
         return False
-    settings = ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad))
+    settings = ((_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold),
+                (_M_TOP_PAD, top_pad))
     applied = [mallopt(param, value) for param, value in settings]  # every one, even after a refusal
     return all(status == 1 for status in applied)
 

@@ -18,10 +18,10 @@ and "lower" for the ReLU LeNet on MNIST, for every attack alike. Neither the pap
 there. ``"probe"`` (the default) reads it from the clean calibration images alone: it perturbs them
 with a small PGD probe, l2 or l-inf (``probe_norm``; no knowledge of the attack to be detected;
 each image at the smallest of three radii that flips it, see :meth:`CurvatureDetector.probe`) and
-takes the side to which rho moves. Label recovery is Algorithm 2's "the competing class with the largest summed
-curvature" (``recovery="max"``); the probe also checks it, since the probe images' true labels are
-known: it picks, among the rules of ``RECOVERY_RULES``, the one that gives most probe images back
-their labels (ties: Algorithm 2's "max"). On the smooth MNIST LeNet the original class is the one
+takes the side to which rho moves. Label recovery is Algorithm 2's "the competing class with the
+largest summed curvature" (``recovery="max"``); the probe also checks it, since the probe images'
+true labels are known: it picks, among the rules of ``RECOVERY_RULES``, the one that gives most
+probe images back their labels (ties: Algorithm 2's "max"). On the smooth MNIST LeNet the original class is the one
 with the *smallest* sum ("min"); "max-top2" / "min-top2" choose only between the two
 highest-scoring competing classes, which on the MNIST zoo models recovers far more than the sum
 over all classes (e.g. CW on the ReLU LeNet: 79% instead of 26%). The same probe picks the scale
@@ -240,8 +240,8 @@ class CurvatureDetector:
         return 0.05 * x_clean[0].numel() ** 0.5 if self.probe_norm == "l2" else DEFAULT_PROBE_EPS_LINF
 
     def probe(self, x_clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The calibration probe: PGD in ``probe_norm`` (20 steps, the detector's seed) of the clean images
-        ``x_clean (N, C, H, W)`` at growing radii ``probe_eps * (1/4, 1/2, 1)``, each image
+        """The calibration probe: PGD in ``probe_norm`` (20 steps, the detector's seed) of the clean
+        images ``x_clean (N, C, H, W)`` at growing radii ``probe_eps * (1/4, 1/2, 1)``, each image
         perturbed at the smallest radius that changes its label (larger radii are tried only on
         the images not yet flipped). So the probe images sit just across the boundary, as
         adversarial images do, rather than deep in another class. Returns the images whose label
