@@ -33,14 +33,14 @@ from curvext.geometry.profiles import curvature_points, principal_curvatures
 from curvext.operators import CurvatureOperator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reporting import add_malloc_option, configure_malloc  # noqa: E402
+from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
 DEFAULT_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
-def setup(images=64, mnist=None, dtype=torch.float32, seed=0):
+def setup(images=64, mnist=None, dtype=torch.float32, seed=0, device="cpu"):
     torch.manual_seed(seed)
-    model = zoo.build("lenet", "smooth", "mnist").to(dtype).eval()
+    model = zoo.build("lenet", "smooth", "mnist").to(dtype=dtype, device=device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     folder = Path(mnist) if mnist else DEFAULT_MNIST
@@ -48,8 +48,13 @@ def setup(images=64, mnist=None, dtype=torch.float32, seed=0):
         x = data.load_mnist(folder, "test", limit=images).images.to(dtype)
     else:
         x = torch.rand(images, 1, 28, 28, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-    points, cls, base = curvature_points(model, x, at="boundary")
+    points, cls, base = curvature_points(model, x.to(device), at="boundary")
     return model, points, cls, base
+
+
+def image_source(mnist=None) -> str:
+    folder = Path(mnist) if mnist else DEFAULT_MNIST
+    return "MNIST test images" if folder.is_dir() else "uniform-noise images (no MNIST folder found)"
 
 
 def run_curvext(model, points, cls, base, k, tol, seed=0):
@@ -60,7 +65,8 @@ def run_curvext(model, points, cls, base, k, tol, seed=0):
 def run_scipy(model, points, cls, base, k, tol, seed=0):
     values, matvecs = [], []
     g = torch.Generator().manual_seed(seed)
-    zero = torch.zeros(1, dtype=torch.long)
+    device = points.device
+    zero = torch.zeros(1, dtype=torch.long, device=device)
     for s in range(points.shape[0]):
         G = CurvatureOperator(model, points[s:s + 1], cls[s:s + 1], base[s:s + 1])
         shape, n = tuple(points.shape[1:]), points[0].numel()
@@ -68,12 +74,13 @@ def run_scipy(model, points, cls, base, k, tol, seed=0):
 
         def matvec(v, G=G, shape=shape, count=count):
             count[0] += 1
-            V = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape((1,) + shape)).to(points.dtype)
-            return G(V, zero).reshape(-1).double().numpy()
+            V = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape((1,) + shape))
+            return G(V.to(device=device, dtype=points.dtype), zero).reshape(-1).double().cpu().numpy()
 
         op = sla.LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-        v0 = G.tangent(torch.randn((1,) + shape, generator=g, dtype=torch.float64).to(points.dtype), zero)
-        w = sla.eigsh(op, k=2 * k, which="BE", tol=tol, v0=v0.reshape(-1).double().numpy(),
+        v0 = G.tangent(torch.randn((1,) + shape, generator=g, dtype=torch.float64).to(device=device,
+                                                                                    dtype=points.dtype), zero)
+        w = sla.eigsh(op, k=2 * k, which="BE", tol=tol, v0=v0.reshape(-1).double().cpu().numpy(),
                       return_eigenvectors=False)
         values.append(np.sort(w))
         matvecs.append(count[0])
@@ -88,32 +95,43 @@ def main(argv=None):
     p.add_argument("--mnist", default=None, help="folder with the MNIST IDX files")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--repeat", type=int, default=1, help="timed runs after the warm-up (median reported)")
+    p.add_argument("--device", default="cpu", help="where the model and both solvers' products run")
+    p.add_argument("--out", default=None, help="also write the table here")
     add_malloc_option(p)
     args = p.parse_args(argv)
     malloc = configure_malloc(args)
     dtype = getattr(torch, args.dtype)
-    problem = setup(args.images, args.mnist, dtype)
+    problem = setup(args.images, args.mnist, dtype, device=args.device)
+
+    def timed(fn):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
     # Warm-up: the first pass at each batch size builds oneDNN primitives (~1 s for curvext, whose
     # graph shrinks through several batch sizes as samples converge; once per size in a sweep).
     run_curvext(*problem, args.k, args.tol)
     run_scipy(*(t[:2] if isinstance(t, torch.Tensor) else t for t in problem), args.k, args.tol)
     t_ours, t_ref = [], []
     for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        ours, steps = run_curvext(*problem, args.k, args.tol)
-        t_ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ref, matvecs = run_scipy(*problem, args.k, args.tol)
-        t_ref.append(time.perf_counter() - t0)
+        (ours, steps), t = timed(lambda: run_curvext(*problem, args.k, args.tol))
+        t_ours.append(t)
+        (ref, matvecs), t = timed(lambda: run_scipy(*problem, args.k, args.tol))
+        t_ref.append(t)
     t_ours, t_ref = float(np.median(t_ours)), float(np.median(t_ref))
     scale = ref.abs().amax(1, keepdim=True)
-    err = float(((ours.double() - ref) / scale).abs().max())
-    print(f"B={args.images} MNIST LeNet (smooth, random init), k={args.k} per end, tol={args.tol}, "
-          f"{args.dtype}, {torch.get_num_threads()} threads, {malloc}, median of {args.repeat} warm run(s)")
-    print("| solver | s | operator applications per image (mean) |\n|---|---:|---:|")
-    print(f"| curvext batched Lanczos | {t_ours:.2f} | {float(steps.double().mean()):.0f} |")
-    print(f"| scipy eigsh per image | {t_ref:.2f} | {float(matvecs.double().mean()):.0f} |")
-    print(f"speed-up {t_ref / t_ours:.1f}x; max |difference| / max|curvature| = {err:.1e}")
+    err = float(((ours.double().cpu() - ref) / scale).abs().max())
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    emit([f"B={args.images} {image_source(args.mnist)}, MNIST LeNet (smooth, random init), k={args.k} per end, "
+          f"tol={args.tol}, {args.dtype}, {args.device} ({where}), {malloc}, median of {args.repeat} warm run(s)",
+          "| solver | s | operator applications per image (mean) |", "|---|---:|---:|",
+          f"| curvext batched Lanczos | {t_ours:.2f} | {float(steps.double().mean()):.0f} |",
+          f"| scipy eigsh per image | {t_ref:.2f} | {float(matvecs.double().mean()):.0f} |",
+          f"speed-up {t_ref / t_ours:.1f}x; max |difference| / max|curvature| = {err:.1e}"], args.out)
 
 
 if __name__ == "__main__":

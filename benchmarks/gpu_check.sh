@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine: build curvext with its CUDA kernels, run the CUDA tests
 # (every CPU-vs-CUDA comparison and the device-parametrised tests), the compiled-core
-# benchmarks and Algorithm 2's ResNet-50 throughput on the GPU, and print a short table. Results land in $OUT (the device tool's
-# output folder) or benchmarks/results/.
+# benchmarks, the principal-curvature profiles against a per-image eigsh loop and Algorithm 2's
+# ResNet-50 throughput on the GPU, and print a short table. Results land in $OUT (the device
+# tool's output folder) or benchmarks/results/.
 #
 #   bash benchmarks/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 here
 set -uo pipefail
@@ -39,6 +40,11 @@ echo "== kernel benchmarks on the GPU"
 $PY benchmarks/compare_core.py --device cuda --out "$RESULTS/gpu_core_$stamp.md" > "$RESULTS/gpu_bench.log" 2>&1
 bench_rc=$?
 
+echo "== principal-curvature profiles (64 images, 20 per end) against a per-image eigsh loop, on the GPU"
+$PY benchmarks/bench_profiles.py --device cuda --repeat 3 --out "$RESULTS/gpu_profiles_$stamp.md" \
+  > "$RESULTS/gpu_profiles.log" 2>&1
+profiles_rc=$?
+
 echo "== Algorithm 2 on ResNet-50 (224x224, K=10, T=16)"
 $PY benchmarks/bench_detect_resnet.py --device cuda --images 64 --out "$RESULTS/gpu_detect_resnet_$stamp.md" \
   > "$RESULTS/gpu_detect.log" 2>&1
@@ -50,11 +56,15 @@ echo "|---|---|"
 echo "| build (s) | $build_s |"
 echo "| CUDA tests | $summary |"
 echo "| benchmarks | $([ $bench_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_bench.log)") |"
+echo "| profiles vs eigsh | $([ $profiles_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_profiles.log)") |"
 echo "| ResNet-50 detection | $([ $detect_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_detect.log)") |"
 echo
 [ -f "$RESULTS/gpu_core_$stamp.md" ] && cat "$RESULTS/gpu_core_$stamp.md"
 [ $bench_rc -ne 0 ] && tail -30 "$RESULTS/gpu_bench.log"
 echo
+[ -f "$RESULTS/gpu_profiles_$stamp.md" ] && cat "$RESULTS/gpu_profiles_$stamp.md"
+[ $profiles_rc -ne 0 ] && tail -30 "$RESULTS/gpu_profiles.log"
+echo
 [ -f "$RESULTS/gpu_detect_resnet_$stamp.md" ] && cat "$RESULTS/gpu_detect_resnet_$stamp.md"
 [ $detect_rc -ne 0 ] && tail -30 "$RESULTS/gpu_detect.log"
-exit $(( tests_rc != 0 || bench_rc != 0 || detect_rc != 0 ))
+exit $(( tests_rc != 0 || bench_rc != 0 || profiles_rc != 0 || detect_rc != 0 ))
