@@ -8,15 +8,13 @@ runner-up class (the trivial rule, :func:`curvext.baselines.runner_up_labels`) f
 The curvature orientation is read from clean data alone (see :mod:`curvext.detect`) and reported.
 
 Resumable: with ``out_dir``, each attack's adversarial images are saved as soon as they are
-computed (``<out_dir>/cache/attack-<attack>-<key>.pt``, keyed by the images and the caller's
-settings only) and their scores beside them (``scores-<attack>-<key>.pt``, keyed by the detector's
+computed (``<out_dir>/cache/attack-<attack>-<key>.pt``, keyed by the images, the model's weights
+and the caller's settings only) and their scores beside them (``scores-<attack>-<key>.pt``, keyed by the detector's
 settings too). A killed run loses at most the step in progress, and a rerun with another scale
 ``h``, T or K scores the cached adversarial images again instead of attacking again.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ import torch
 
 from curvext import attacks as _attacks
 from curvext import baselines, metrics
+from curvext.cache_keys import model_digest, settings_key as _key, tensor_digest
 from curvext.detect import CurvatureDetector, recovered_labels
 from curvext.scale_selection import ScaleChoice
 
@@ -100,10 +99,6 @@ class EvaluationReport:
         return pd.DataFrame([r.__dict__ for r in self.rows])
 
 
-def _key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _cached(path: Path | None, compute: Callable[[], dict]) -> dict:
     if path is not None and path.is_file():
         logger.info("reusing %s", path)
@@ -150,10 +145,12 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 correctly classified images, got {x.shape[0]}")
     settings = dict(settings or {})
-    settings.update(n=int(x.shape[0]), digest=hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest()[:12])
+    # The model by its weights, not its name: two checkpoints never share cache entries.
+    settings.update(n=int(x.shape[0]), digest=tensor_digest(x), model_digest=model_digest(model))
     attack_key = _key(settings)  # attacks do not depend on the detector: a new h or T reuses them
     settings.update(method=detector.method, T=detector.num_directions, K=detector.classes,
-                    estimator=detector.estimator, seed=detector.seed)
+                    estimator=detector.estimator, seed=detector.seed,
+                    deflation_k=detector.deflation_k if detector.estimator == "deflated" else None)
     cache = None if out_dir is None else Path(out_dir) / "cache"
     # What the probe's decisions (scale, orientation, recovery rule) depend on beyond the scores.
     probe_settings = dict(orientation=detector.orientation_rule, probe_eps=detector.probe_eps,

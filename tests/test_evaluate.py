@@ -76,6 +76,27 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
 
 
+def test_cache_never_serves_another_models_results(digits_model, tmp_path):
+    """Two models of the same architecture on the same images (every one of them classified
+    correctly by both) share an output folder: the second is attacked and scored anew."""
+    test = data.load_digits("test").subset(40)
+    other = zoo.build("lenet", "relu", "digits").eval()
+    other.load_state_dict(digits_model.state_dict())
+    with torch.no_grad():
+        other.body[-1].bias += 0.05  # the same predictions, other logits
+        assert torch.equal(other(test.images).argmax(1), digits_model(test.images).argmax(1))
+    attacks = {"deepfool": attack_suite()["deepfool"]}
+    calls = []
+    spy = {"deepfool": lambda m, x, y: calls.append(m) or attacks["deepfool"](m, x, y)}
+    for model in (digits_model, other, digits_model):
+        det = CurvatureDetector(model, num_directions=2, method="fd2", h=0.1, orientation="higher")
+        evaluate(model, test.images, test.labels, detector=det, attacks=spy, out_dir=tmp_path,
+                 settings={"model": "lenet-relu"}, progress=False)
+    assert calls == [digits_model, other]  # the third run reuses the first one's attack
+    assert len(list((tmp_path / "cache").glob("attack-deepfool-*.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob("scores-deepfool-*.pt"))) == 2
+
+
 def test_demo_command_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
     assert main(["demo", "--out", str(tmp_path / "demo"), "--images", "40", "--no-progress"]) == 0
@@ -140,3 +161,10 @@ def test_evaluate_command_compiles_only_the_exact_method(tmp_path, monkeypatch, 
     assert main(args) == 0
     assert "## lenet-smooth" in capsys.readouterr().out
     assert len(built) == 1  # the smooth model (autograd) only; the ReLU one runs fd2 eagerly
+
+
+def test_evaluate_command_names_a_missing_cuda_device(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
+        main(["evaluate", "--device", "cuda", "--images", "10"])

@@ -1,0 +1,48 @@
+"""Keys for the resumable caches of long runs (``curvext evaluate``, ``curvext profile``).
+
+A cached result may be reused only when everything that produced it is the same: the model's
+architecture *and weights*, the input images and the settings. Two checkpoints with the same
+architecture (or a model retrained in place) must never share cache entries, so models are keyed
+by a digest of their parameters and buffers, not by a name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+
+def _update_with_tensor(h, t: torch.Tensor) -> None:
+    t = t.detach()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    # Bytes of any dtype (bfloat16 has no numpy type); reshape(-1) also covers 0-d tensors.
+    h.update(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def tensor_digest(x: torch.Tensor) -> str:
+    """12 hex digits identifying a tensor's dtype, shape and values (on any device)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    h = hashlib.sha256()
+    _update_with_tensor(h, x)
+    return h.hexdigest()[:12]
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """12 hex digits identifying a model: its class, its module structure (``repr``) and every
+    parameter and buffer (names, dtypes, shapes, values). Hashes all weights once (about 0.2 s
+    for ResNet-50's 100 MB on one core)."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    h = hashlib.sha256()
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    for name, t in sorted(model.state_dict(keep_vars=False).items()):
+        h.update(name.encode())
+        _update_with_tensor(h, t)
+    return h.hexdigest()[:12]
+
+
+def settings_key(settings: dict) -> str:
+    """12 hex digits identifying JSON-able ``settings`` (key order does not matter)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
