@@ -54,3 +54,49 @@ def test_profile_csv_full_spectrum(tmp_path):
     table = pd.read_csv(out / "profile.csv")
     assert len(table) == 2 * 63  # d = 64 minus the normal direction
     assert (out / "profile.png").stat().st_size > 0
+
+
+def test_profile_parts_belong_to_their_model(tmp_path):
+    """Another checkpoint with the same architecture in the same folder gets its own parts."""
+    _, ckpt = small_checkpoint(tmp_path)
+    torch.manual_seed(1)
+    other = zoo.build("lenet", "smooth", "digits").eval()
+    ckpt2 = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.trace(other, torch.rand(2, 1, 8, 8)), str(ckpt2))
+    out = tmp_path / "prof"
+    common = ["--images", "3", "--k", "2", "--out", str(out), "--no-progress"]
+    assert main(["profile", "--checkpoint", str(ckpt)] + common) == 0
+    first = pd.read_parquet(out / "profile.parquet")
+    assert main(["profile", "--checkpoint", str(ckpt2)] + common) == 0
+    second = pd.read_parquet(out / "profile.parquet")
+    assert len(list((out / "parts").glob("*.parquet"))) == 2
+    assert not first["curvature"].equals(second["curvature"])
+
+
+def test_profile_shards_merge_into_the_unsharded_table(tmp_path, capsys):
+    _, ckpt = small_checkpoint(tmp_path)
+    common = ["profile", "--checkpoint", str(ckpt), "--images", "5", "--k", "2", "--chunk", "2", "--no-progress"]
+    assert main(common + ["--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "sharded"
+    assert main(common + ["--out", str(out), "--shard", "1/2"]) == 0  # chunk 1 of 0, 1, 2
+    assert "still missing" in capsys.readouterr().out
+    assert len(list((out / "parts").glob("*.parquet"))) == 1 and not (out / "profile.parquet").exists()
+    assert main(common + ["--out", str(out), "--shard", "0/2"]) == 0  # chunks 0 and 2: the last shard merges
+    whole = pd.read_parquet(tmp_path / "whole" / "profile.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "profile.parquet"), whole)
+
+
+def test_profile_shard_defaults_to_torchrun_rank(tmp_path, monkeypatch):
+    _, ckpt = small_checkpoint(tmp_path)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    out = tmp_path / "rank2"
+    assert main(["profile", "--checkpoint", str(ckpt), "--images", "4", "--k", "2", "--chunk", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert [p.name.split("-")[4] for p in (out / "parts").glob("*.parquet")] == ["000002"]
+
+
+@pytest.mark.parametrize("bad", ["3/3", "-1/2", "1", "a/b", "0/0"])
+def test_profile_rejects_bad_shards(bad):
+    with pytest.raises(SystemExit):
+        main(["profile", "--shard", bad])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from curvext.commands import evaluate as _evaluate
+from curvext.commands.placement import add_device_argument
 
 
 def add_parser(sub) -> None:
@@ -17,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="curvext-out", help="folder for tables, plots and cache")
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--no-progress", action="store_true")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -24,6 +26,7 @@ def run(args) -> int:
     parser = argparse.ArgumentParser()
     _evaluate.add_arguments(parser)
     eval_args = parser.parse_args(["--dataset", "digits", "--model", "lenet", "--activation", "relu",
-                                   "--images", str(args.images), "--out", args.out]
+                                   "--images", str(args.images), "--out", args.out,
+                                   "--device", args.device]
                                   + (["--no-progress"] if args.no_progress else []))
     return _evaluate.run(eval_args)

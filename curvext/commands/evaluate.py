@@ -6,6 +6,8 @@ import logging
 import sys
 import time
 
+from curvext.commands.placement import add_device_argument, resolve_device
+
 logger = logging.getLogger(__name__)
 
 SMOOTH_DEFAULT_METHOD = "autograd"
@@ -46,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/curvext or $CURVEXT_CACHE)")
     p.add_argument("--out", default="curvext-out", help="folder for tables, plots and the resumable cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_argument(p)
 
 
 def _scales(text: str):
@@ -97,6 +100,8 @@ def run(args) -> int:
     from curvext.evaluate import attack_suite, evaluate, write_outputs
     from curvext.scale_selection import PROBE_SCALES
 
+    device = resolve_device(args.device)
+
     if args.dataset == "mnist":
         if not args.data_dir:
             print("curvext evaluate: --dataset mnist needs --data-dir (a folder of MNIST IDX files)", file=sys.stderr)
@@ -107,7 +112,9 @@ def run(args) -> int:
     attacks = attack_suite(eps_linf=args.eps_linf, eps_l2=args.eps_l2, cw_confidence=args.cw_confidence,
                            seed=args.seed)
     summary = []
+    images, labels = test.images.to(device), test.labels.to(device)
     for label, model, accuracy in _models(args):
+        model = model.to(device)
         method = args.method or (RELU_DEFAULT_METHOD if is_piecewise_linear(model) else SMOOTH_DEFAULT_METHOD)
         auto = args.h == "auto"
         for h in [None] if method == "autograd" or auto else args.h:
@@ -118,7 +125,7 @@ def run(args) -> int:
                                          compile=args.compile and method == "autograd")
             settings = dict(model=label, dataset=args.dataset, eps_linf=args.eps_linf, eps_l2=args.eps_l2,
                             cw=args.cw_confidence, attack_seed=args.seed)
-            report = evaluate(model, test.images, test.labels, detector=detector, attacks=attacks, out_dir=args.out,
+            report = evaluate(model, images, labels, detector=detector, attacks=attacks, out_dir=args.out,
                               settings=settings, scales=PROBE_SCALES if auto and method != "autograd" else None,
                               progress=not args.no_progress)
             suffix = f"-h{h:g}" if h is not None and len(args.h) > 1 else ""

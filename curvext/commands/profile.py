@@ -3,12 +3,21 @@
 Writes ``profile.parquet`` (or .csv): one row per image and principal curvature (image, rank,
 value, pair, grad_norm, converged), and ``profile.png``: the sorted curvatures (paper's Fig. 5b).
 Work is done in chunks saved as they finish (``parts/``), so a killed run resumes where it stopped.
+A part's name holds a key of everything that made it (the model's weights, the chunk's images, the
+settings), so a rerun with another model or setting in the same folder never reads stale parts.
+
+Sharding (see :mod:`curvext.commands.placement`): ``--shard I/N``, or ``RANK/WORLD_SIZE`` under
+``torchrun``, computes the chunks ``i`` with ``i % N == I`` on ``--device`` (``cuda:LOCAL_RANK`` by
+default). The run that finds every part present (the last shard to finish, or any rerun) writes
+the table and the plot.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+
+from curvext.commands.placement import add_device_argument, parse_shard, resolve_device, shard_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="curvext-out/profile")
     p.add_argument("--cache", default=None, help="zoo cache folder")
     p.add_argument("--no-progress", action="store_true")
+    add_device_argument(p)
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="compute chunks i with i %% N == I (default: RANK/WORLD_SIZE under torchrun, else 0/1)")
     p.set_defaults(func=run)
 
 
@@ -51,52 +63,88 @@ def _data(args):
 
 def run(args) -> int:
     import pandas as pd
-    import torch
     from tqdm.auto import tqdm
 
-    from curvext import plots, zoo
+    from curvext import zoo
     from curvext._model_checks import is_piecewise_linear
-    from curvext.geometry.profiles import principal_curvatures
+    from curvext.cache_keys import model_digest, settings_key, tensor_digest
 
+    device = resolve_device(args.device)
+    shard = args.shard or shard_from_env()
     ds = _data(args)
     if args.checkpoint:
         model = zoo.load_checkpoint(args.checkpoint, args.module_path).eval()
     else:
         model = zoo.train(args.model, args.activation, "mnist" if args.dataset == "mnist" else "digits",
                           args.data_dir if args.dataset == "mnist" else None, cache=args.cache).model
+    model = model.to(device)
     method = args.method or ("fd" if is_piecewise_linear(model) else "autograd")
     out = Path(args.out)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     tag = f"{args.at}-{method}-k{args.k}-{'full' if args.full else 'lanczos'}"
-    frames = []
-    for start in tqdm(range(0, len(ds), args.chunk), desc="profiles", disable=args.no_progress):
-        part = parts / f"{tag}-{start:06d}.parquet"
-        if not part.is_file():
-            x = ds.images[start : start + args.chunk]
-            prof = principal_curvatures(model, x, k=args.k, at=args.at, method=method,
-                                        h=args.h if method == "fd" else None, full=args.full)
-            B, m = prof.values.shape
-            df = pd.DataFrame({
-                "image": (start + torch.arange(B)).repeat_interleave(m).numpy(),
-                "rank": torch.arange(m).repeat(B).numpy(),
-                "curvature": prof.values.double().flatten().numpy(),
-                "cls": prof.cls.repeat_interleave(m).numpy(),
-                "base": prof.base.repeat_interleave(m).numpy(),
-                "grad_norm": prof.grad_norm.double().repeat_interleave(m).numpy(),
-                "converged": prof.converged.flatten().numpy(),
-            })
-            tmp = part.with_suffix(f".tmp{os.getpid()}")
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, part)
-        frames.append(pd.read_parquet(part))
-    table = pd.concat(frames, ignore_index=True)
+    settings = dict(model=model_digest(model), at=args.at, method=method, k=args.k, full=args.full,
+                    h=args.h if method == "fd" else None)
+    starts = range(0, len(ds), args.chunk)
+
+    def part_path(start: int) -> Path:
+        x = ds.images[start : start + args.chunk]
+        return parts / f"{tag}-{start:06d}-{settings_key(dict(settings, images=tensor_digest(x)))}.parquet"
+
+    paths = {start: part_path(start) for start in starts}
+    mine = [start for i, start in enumerate(starts) if shard.owns(i)]
+    for start in tqdm(mine, desc=f"profiles (shard {shard})" if shard.count > 1 else "profiles",
+                      disable=args.no_progress):
+        if not paths[start].is_file():
+            _write_part(paths[start], _profile_chunk(model, ds.images[start : start + args.chunk].to(device),
+                                                     start, method, args))
+    missing = [p for p in paths.values() if not p.is_file()]
+    if missing:
+        print(f"shard {shard}: its {len(mine)} chunks are done; {len(missing)} chunks of other shards are "
+              f"still missing, so the table is left to the run that completes them (or rerun without --shard)")
+        return 0
+    table = pd.concat([pd.read_parquet(paths[start]) for start in starts], ignore_index=True)
+    _write_outputs(table, out, args, method, len(ds))
+    return 0
+
+
+def _profile_chunk(model, x, start: int, method: str, args):
+    """One chunk's rows: (image, rank, curvature, cls, base, grad_norm, converged)."""
+    import pandas as pd
+    import torch
+
+    from curvext.geometry.profiles import principal_curvatures
+
+    prof = principal_curvatures(model, x, k=args.k, at=args.at, method=method,
+                                h=args.h if method == "fd" else None, full=args.full)
+    B, m = prof.values.shape
+    return pd.DataFrame({
+        "image": (start + torch.arange(B)).repeat_interleave(m).numpy(),
+        "rank": torch.arange(m).repeat(B).numpy(),
+        "curvature": prof.values.double().flatten().cpu().numpy(),
+        "cls": prof.cls.repeat_interleave(m).cpu().numpy(),
+        "base": prof.base.repeat_interleave(m).cpu().numpy(),
+        "grad_norm": prof.grad_norm.double().repeat_interleave(m).cpu().numpy(),
+        "converged": prof.converged.flatten().cpu().numpy(),
+    })
+
+
+def _write_part(path: Path, df) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)  # atomic: a killed run never leaves half a part
+
+
+def _write_outputs(table, out: Path, args, method: str, n_images: int) -> None:
+    from curvext import plots
+
     path = out / f"profile.{args.format}"
-    table.to_parquet(path, index=False) if args.format == "parquet" else table.to_csv(path, index=False)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # shards finishing together may both merge
+    table.to_parquet(tmp, index=False) if args.format == "parquet" else table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
     values = table.pivot(index="image", columns="rank", values="curvature").to_numpy()
     plots.curvature_profile(values, out / "profile.png",
-                            title=f"principal curvatures at the {args.at} ({method}, {len(ds)} images)")
+                            title=f"principal curvatures at the {args.at} ({method}, {n_images} images)")
     near_zero = float((abs(values) < 0.05 * abs(values).max(axis=1, keepdims=True)).mean())
-    print(f"{len(ds)} images, {values.shape[1]} curvatures each; share within 5% of the largest |value|: "
+    print(f"{n_images} images, {values.shape[1]} curvatures each; share within 5% of the largest |value|: "
           f"{100 * near_zero:.0f}%\nwrote {path} and {out / 'profile.png'}")
-    return 0
