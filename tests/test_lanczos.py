@@ -245,7 +245,7 @@ def test_cuda_lanczos_matches_cpu():
         pytest.skip("needs a CUDA GPU and a CUDA build")
     rng = np.random.default_rng(9)
     A = dense_batch(rng.standard_normal((8, 100)))
-    v0 = torch.randn(8, 100, dtype=torch.float64)
+    v0 = torch.randn(8, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     rc = curvext.lanczos(batched_op(A), v0, k=5, which="BE", tol=1e-10)
     rg = curvext.lanczos(batched_op(A.cuda()), v0.cuda(), k=5, which="BE", tol=1e-10)
     torch.testing.assert_close(rg.eigenvalues.cpu(), rc.eigenvalues, rtol=1e-9, atol=1e-9)
@@ -293,6 +293,40 @@ def test_bad_start_vectors_and_operator_output():
 
     with pytest.raises(FloatingPointError, match=re.escape("sample(s) [1]")):
         curvext.lanczos(nan_op, torch.randn(2, 6, dtype=torch.float64), k=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nonfinite_products_name_the_sample(dtype, device):
+    A = dense_batch(np.random.default_rng(4).standard_normal((3, 12)), dtype=dtype, device=device)
+    op = batched_op(A)
+
+    def nan_op(V, index):
+        out = op(V, index)
+        return torch.where((index == 1).view(-1, 1), torch.full_like(out, float("inf")), out)
+
+    with pytest.raises(FloatingPointError, match=re.escape("sample(s) [1]")):
+        curvext.lanczos(nan_op, torch.randn(3, 12, dtype=dtype).to(device), k=2)
+
+
+def test_lanczos_step_deep_into_a_long_basis(device):
+    """A step far beyond the basis of a typical run (> 6000 coefficients: the CUDA kernel's
+    shared memory needs the opt-in above 48 KB) on a tiny problem, against a dense reference."""
+    B, n, j = 2, 3, 7000
+    basis = torch.zeros(B, j + 2, n, dtype=torch.float64, device=device)
+    basis[:, 0] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    basis[:, j] = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)  # rows 1..j-1 are zero
+    alpha = torch.zeros(B, j + 1, dtype=torch.float64, device=device)
+    beta = torch.zeros(B, j + 1, dtype=torch.float64, device=device)
+    beta[:, j - 1] = 0.5
+    w = torch.tensor([[0.3, 2.0, 0.4], [0.0, -1.0, 0.0]], dtype=torch.float64, device=device)
+    flags = torch.ops.curvext.lanczos_step(basis, w, alpha, beta, torch.arange(B, device=device), j, 1e-12, 0)
+    # Sample 0: alpha = q_j . w = 2; r = w - 2 q_j - 0.5 q_{j-1} (q_{j-1} = 0) with its e0 part
+    # removed by the reorthogonalisation: r = (0, 0, 0.4), beta = 0.4, next row e2.
+    assert flags.tolist()[0] == 0
+    assert float(alpha[0, j]) == pytest.approx(2.0, abs=1e-12) and float(beta[0, j]) == pytest.approx(0.4, abs=1e-12)
+    torch.testing.assert_close(basis[0, j + 1].cpu(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    # Sample 1: w = -q_j: an invariant subspace, so a breakdown flag and alpha = -1.
+    assert flags.tolist()[1] != 0 and float(alpha[1, j]) == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_raw_lanczos_step_rejects_bad_arguments():

@@ -63,7 +63,7 @@ def test_cuda_power_matches_cpu():
     if not (torch.cuda.is_available() and _ops.has_cuda_kernels()):
         pytest.skip("needs a CUDA GPU and a CUDA build")
     A = dense_batch(np.random.default_rng(1).standard_normal((5, 40)))
-    v0 = torch.randn(5, 40, dtype=torch.float64)
+    v0 = torch.randn(5, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     rc = curvext.power_iteration(batched_op(A), v0, which="LA", max_iters=500, tol=1e-8)
     rg = curvext.power_iteration(batched_op(A.cuda()), v0.cuda(), which="LA", max_iters=500, tol=1e-8)
     torch.testing.assert_close(rg.eigenvalues.cpu(), rc.eigenvalues, rtol=1e-7, atol=1e-9)

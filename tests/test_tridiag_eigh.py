@@ -134,6 +134,22 @@ def test_cuda_matches_cpu(dtype):
     torch.testing.assert_close(vg.cpu(), vc, rtol=0, atol=1e-3 if dtype == torch.float32 else 1e-9)
 
 
+def test_cuda_batch_over_several_workspace_chunks():
+    """B = 400 matrices of m = 200: the CUDA kernel's ~256 MiB workspace holds ~169 of them, so
+    the batch runs in three chunks; every chunk must land at its own rows."""
+    if not (torch.cuda.is_available() and _ops.has_cuda_kernels()):
+        pytest.skip("needs a CUDA GPU and a CUDA build")
+    rng = np.random.default_rng(5)
+    a = torch.tensor(rng.standard_normal((400, 200)))
+    b = torch.tensor(rng.standard_normal((400, 199)))
+    wc, vc = curvext.tridiag_eigh(a, b)
+    wg, vg = curvext.tridiag_eigh(a.cuda(), b.cuda())
+    torch.testing.assert_close(wg.cpu(), wc, rtol=0, atol=1e-12)
+    torch.testing.assert_close(vg.cpu(), vc, rtol=0, atol=1e-9)
+    _, fg = curvext.tridiag_eigh(a.cuda(), b.cuda(), vectors="first")
+    torch.testing.assert_close(fg.cpu(), vc[:, 0], rtol=0, atol=1e-9)
+
+
 def test_opcheck(device):
     a = torch.randn(4, 7, dtype=torch.float64, device=device)
     b = torch.randn(4, 6, dtype=torch.float64, device=device)

@@ -41,9 +41,10 @@ __device__ void cgs_pass(const T* Q, int rows, int64_t n, T* r, double* h) {
 }
 
 template <typename T>
-__global__ void lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* index,
-                                    int* flags, int64_t batch, int64_t rows_per_sample, int64_t n,
-                                    int64_t ld, int j, T tol, uint64_t seed) {
+__global__ void __launch_bounds__(kThreads)
+lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* index,
+                    int* flags, int64_t batch, int64_t rows_per_sample, int64_t n,
+                    int64_t ld, int j, T tol, uint64_t seed) {
   extern __shared__ double shared[];
   double* scratch = shared;     // 33 doubles for block sums
   double* h = shared + 33;      // j + 1 reorthogonalisation coefficients

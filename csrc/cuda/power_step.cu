@@ -16,8 +16,9 @@ using cuda::block_sum;
 using cuda::kThreads;
 
 template <typename T>
-__global__ void power_step_kernel(const T* V, const T* W, const T* shift, int64_t n, double tol,
-                                  T* out, T* theta, T* residual, bool* converged) {
+__global__ void __launch_bounds__(kThreads)
+power_step_kernel(const T* V, const T* W, const T* shift, int64_t n, double tol,
+                  T* out, T* theta, T* residual, bool* converged) {
   __shared__ double scratch[33];
   const int64_t i = blockIdx.x;
   const T* x = V + i * n;
