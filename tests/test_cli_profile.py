@@ -100,3 +100,11 @@ def test_profile_shard_defaults_to_torchrun_rank(tmp_path, monkeypatch):
 def test_profile_rejects_bad_shards(bad):
     with pytest.raises(SystemExit):
         main(["profile", "--shard", bad])
+
+
+@pytest.mark.parametrize("option, value", [("--chunk", "0"), ("--images", "-3"), ("--k", "x"), ("--h", "-1"),
+                                           ("--h", "nan"), ("--image-size", "0")])
+def test_profile_rejects_bad_numbers_before_any_work(option, value, capsys):
+    with pytest.raises(SystemExit):
+        main(["profile", option, value])
+    assert option in capsys.readouterr().err

@@ -125,6 +125,14 @@ def test_evaluate_command_compares_scales_on_one_set_of_attacks(tmp_path, monkey
     assert (tmp_path / "out" / "eval-digits-lenet-relu-h0.5-roc.png").is_file()
 
 
+@pytest.mark.parametrize("option, value", [("--images", "0"), ("--directions", "-1"), ("--classes", "0"),
+                                           ("--eps-linf", "0"), ("--eps-l2", "inf"), ("--cw-confidence", "-1")])
+def test_evaluate_command_rejects_bad_numbers(option, value, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", option, value])
+    assert option in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad", ["0", "-1", "a", "0.1,,inf", ""])
 def test_evaluate_command_rejects_bad_scales(bad, capsys):
     with pytest.raises(SystemExit):

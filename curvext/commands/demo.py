@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 
 from curvext.commands import evaluate as _evaluate
+from curvext.commands.arg_types import positive_int
 from curvext.commands.placement import add_device_argument
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="built-in end-to-end run on sklearn digits (no downloads)")
     p.add_argument("--out", default="curvext-out", help="folder for tables, plots and cache")
-    p.add_argument("--images", type=int, default=300)
+    p.add_argument("--images", type=positive_int, default=300)
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 
+from curvext.commands.arg_types import non_negative_float, positive_float, positive_int, scales
 from curvext.commands.placement import add_device_argument, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -22,56 +23,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="relu", help="relu, smooth or both (comma separated)")
     p.add_argument("--checkpoint", default=None, help="a TorchScript or state-dict file instead of the zoo")
     p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
-    p.add_argument("--images", type=int, default=300, help="test images to use")
+    p.add_argument("--images", type=positive_int, default=300, help="test images to use")
     p.add_argument("--method", default=None, choices=("autograd", "fd", "fd2"),
                    help="curvature measurement (default: autograd for smooth, fd2 for relu models)")
-    p.add_argument("--h", type=_scales, default="auto", metavar="auto|H[,H...]",
+    p.add_argument("--h", type=scales, default="auto", metavar="auto|H[,H...]",
                    help="finite-difference scale (l2, input units) for fd/fd2: 'auto' (default) picks it from "
                         "the clean images by the orientation probe; several, comma separated, compare scales "
                         "on the same adversarial images (attacked once)")
-    p.add_argument("--directions", type=int, default=16, help="random directions T")
+    p.add_argument("--directions", type=positive_int, default=16, help="random directions T")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the exact (autograd) curvature sums of smooth models: 1.3-1.4x on a CPU "
                         "after a one-off compilation of 20-40 s per model; fd/fd2 models run as usual")
-    p.add_argument("--classes", type=int, default=None, help="competing classes K (default: all)")
+    p.add_argument("--classes", type=positive_int, default=None, help="competing classes K (default: all)")
     p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
                    help="side of rho where perturbed images are expected (probe: PGD probe of clean images)")
     p.add_argument("--probe-norm", default="l2", choices=("l2", "linf"),
                    help="norm of the probe's PGD, which picks h, orientation and recovery rule from the clean "
                         "images; linf keeps the l2 attacks' family (DeepFool, PGD l2, CW) out of those choices")
-    p.add_argument("--probe-eps", type=_positive, default=None,
+    p.add_argument("--probe-eps", type=positive_float, default=None,
                    help="largest probe radius in input units (default 0.05 sqrt(d) for l2, 0.2 for linf)")
-    p.add_argument("--eps-linf", type=float, default=0.1)
-    p.add_argument("--eps-l2", type=float, default=1.0)
-    p.add_argument("--cw-confidence", type=float, default=5.0)
+    p.add_argument("--eps-linf", type=positive_float, default=0.1)
+    p.add_argument("--eps-l2", type=positive_float, default=1.0)
+    p.add_argument("--cw-confidence", type=non_negative_float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/curvext or $CURVEXT_CACHE)")
     p.add_argument("--out", default="curvext-out", help="folder for tables, plots and the resumable cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_argument(p)
-
-
-def _scales(text: str):
-    """``"0.05,0.1"`` -> ``[0.05, 0.1]`` (every scale a positive number), or ``"auto"``."""
-    if text.strip() == "auto":
-        return "auto"
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}") from None
-    if not values or any(not v > 0 or v == float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive finite numbers separated by commas, got {text!r}")
-    return values
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
 
 
 def add_parser(sub) -> None:

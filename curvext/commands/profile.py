@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from curvext.commands.arg_types import positive_float, positive_int
 from curvext.commands.placement import add_device_argument, parse_shard, resolve_device, shard_from_env
 
 logger = logging.getLogger(__name__)
@@ -26,19 +27,19 @@ def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="principal curvatures at boundary points (table + plot)")
     p.add_argument("--dataset", choices=("digits", "mnist", "folder"), default="digits")
     p.add_argument("--data-dir", default=None, help="MNIST IDX folder, or the image folder for --dataset folder")
-    p.add_argument("--image-size", type=int, default=28, help="resize for --dataset folder")
+    p.add_argument("--image-size", type=positive_int, default=28, help="resize for --dataset folder")
     p.add_argument("--model", default="lenet", help="zoo architecture (lenet, nin)")
     p.add_argument("--activation", default="smooth", choices=("relu", "smooth"))
     p.add_argument("--checkpoint", default=None, help="TorchScript or state-dict file instead of the zoo")
     p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
-    p.add_argument("--images", type=int, default=64)
-    p.add_argument("--k", type=int, default=20, help="curvatures from each end")
+    p.add_argument("--images", type=positive_int, default=64)
+    p.add_argument("--k", type=positive_int, default=20, help="curvatures from each end")
     p.add_argument("--at", choices=("boundary", "input"), default="boundary")
     p.add_argument("--method", choices=("autograd", "fd"), default=None,
                    help="default: autograd for smooth models, fd for relu ones")
-    p.add_argument("--h", type=float, default=0.1, help="finite-difference scale for --method fd")
+    p.add_argument("--h", type=positive_float, default=0.1, help="finite-difference scale for --method fd")
     p.add_argument("--full", action="store_true", help="dense spectrum (small images only)")
-    p.add_argument("--chunk", type=int, default=32, help="images per saved part")
+    p.add_argument("--chunk", type=positive_int, default=32, help="images per saved part")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     p.add_argument("--out", default="curvext-out/profile")
     p.add_argument("--cache", default=None, help="zoo cache folder")
