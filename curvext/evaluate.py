@@ -63,6 +63,11 @@ class ScoreRow:
     # (curvext: its recovered class; baselines: the model's runner-up class, the trivial rule)
     recovery_if_flagged: float  # the same share if every perturbed image were flagged
     perturbed_other_sign: float  # curvext only: share of perturbed images with rho >= 0
+    # Share of perturbed images whose score moved, from their own clean image's score, toward the
+    # side where perturbed images are expected: the AUC of the pairs (clean image, its attack). Near
+    # the AUC, the score's response to an attack is inconsistent in sign; far below it, the images
+    # differ in a way the score sees but the attack did not cause.
+    paired_shift: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -81,16 +86,19 @@ class EvaluationReport:
 
     def table(self) -> str:
         """Markdown table of all rows."""
-        head = ("| attack | success | median norm | score | AUC | acc@best | TPR@5%FPR | recovery | recovery if flagged |\n"
-                "|---|---:|---:|---|---:|---:|---:|---:|---:|")
+        head = ("| attack | success | median norm | score | AUC | acc@best | TPR@5%FPR | recovery | recovery if flagged "
+                "| paired shift |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
         lines = [head]
         for r in self.rows:
             rec = "" if np.isnan(r.recovery) else f"{100 * r.recovery:.1f}%"
             rec_all = "" if np.isnan(r.recovery_if_flagged) else f"{100 * r.recovery_if_flagged:.1f}%"
+            paired = "" if np.isnan(r.paired_shift) else f"{100 * r.paired_shift:.0f}%"
             lines.append(f"| {r.attack} | {100 * r.success_rate:.0f}% | {r.median_norm:.3f} | {r.score} | "
-                         f"{r.auc:.3f} | {100 * r.accuracy:.1f}% | {100 * r.tpr_at_fpr:.1f}% | {rec} | {rec_all} |")
+                         f"{r.auc:.3f} | {100 * r.accuracy:.1f}% | {100 * r.tpr_at_fpr:.1f}% | {rec} | {rec_all} | "
+                         f"{paired} |")
         lines.append("\nrecovery: curvext's recovered class on its rows; on the baselines' rows the model's "
-                     "runner-up class (the trivial rule) for the images each baseline flags.")
+                     "runner-up class (the trivial rule) for the images each baseline flags. paired shift: share "
+                     "of perturbed images scoring more toward the perturbed side than their own clean image.")
         return "\n".join(lines)
 
     def dataframe(self):
@@ -214,7 +222,8 @@ def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:
     original = y[success].cpu().numpy()
     recovery = float(np.mean(final == original))
     rows = [ScoreRow(name, "curvext", n, rate, med, m.auc, m.accuracy, m.tpr_at_fpr, recovery,
-                     float(np.mean(candidate == original)), float(np.mean(r["rho"].numpy() >= 0)))]
+                     float(np.mean(candidate == original)), float(np.mean(r["rho"].numpy() >= 0)),
+                     _paired_shift(rho_c[success.numpy()], rho_p))]
     for score in ("max-softmax", "feature-squeezing"):
         mb = metrics.detection_metrics(clean[score].numpy(), r[score].numpy(), fpr=fpr)
         rec, rec_all = nan, nan
@@ -222,8 +231,16 @@ def _rows(name, r, clean, y, sign, recovery_rule, fpr) -> list:
             runner_up = r["runner-up"].numpy()
             final = np.where(r[score].numpy() >= mb.threshold, runner_up, r["predicted"].numpy())
             rec, rec_all = float(np.mean(final == original)), float(np.mean(runner_up == original))
-        rows.append(ScoreRow(name, score, n, rate, med, mb.auc, mb.accuracy, mb.tpr_at_fpr, rec, rec_all, nan))
+        rows.append(ScoreRow(name, score, n, rate, med, mb.auc, mb.accuracy, mb.tpr_at_fpr, rec, rec_all, nan,
+                             _paired_shift(clean[score].numpy()[success.numpy()], r[score].numpy())))
     return rows
+
+
+def _paired_shift(clean_same_images: np.ndarray, perturbed: np.ndarray) -> float:
+    """Share of pairs with ``perturbed > clean`` (ties count half), both oriented so that higher
+    means perturbed; ``clean_same_images[i]`` is the clean score of perturbed image i's source."""
+    diff = perturbed - clean_same_images
+    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
 
 
 def write_outputs(report: EvaluationReport, out_dir: str | os.PathLike, prefix: str = "eval") -> list[Path]:

@@ -35,6 +35,12 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     row = next(r for r in rep.rows if r.attack == "pgd-l2" and r.score == "curvext")
     assert abs(row.auc - auc) < 1e-12
     assert rep.clean_sign_share == pytest.approx(float(np.mean(rep.rho_clean < 0)))
+    # Paired shift: each perturbed image against its own clean image, in the report's orientation.
+    success = torch.load(next(tmp_path.glob("cache/attack-pgd-l2-*.pt")), weights_only=False)["success"].numpy()
+    sign = 1.0 if rep.orientation == "higher" else -1.0
+    moved = sign * (rho_p - rep.rho_clean[success])
+    assert row.paired_shift == pytest.approx(float(np.mean(moved > 0) + 0.5 * np.mean(moved == 0)), abs=1e-12)
+    assert "| paired shift |" in rep.table()
     # Recovery at the best threshold never exceeds recovery with every perturbed image flagged
     # plus the images whose adversarial label is already right (none: attacks succeeded).
     assert row.recovery <= row.recovery_if_flagged + 1e-12
