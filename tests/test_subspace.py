@@ -44,6 +44,34 @@ def test_recovers_planted_subspace(recipe):
     assert float(cos.min()) > 1 - 1e-6  # all principal angles ~ 0
 
 
+@pytest.mark.parametrize("recipe", ["stack", "mean_hessian"])
+def test_points_without_a_boundary_are_left_out(recipe, monkeypatch, caplog):
+    """An image DeepFool cannot move across the boundary contributes nothing; the planted
+    subspace is still recovered from the others, with a warning (mean_hessian) naming it."""
+    import dataclasses
+
+    import curvext.geometry.profiles as profiles
+
+    model = PlantedCurvature().eval()
+    g = torch.Generator().manual_seed(1)
+    noise = 0.3 * torch.randn(6, 40, generator=g, dtype=torch.float64)
+    noise = noise - (noise @ model.U) @ model.U.T
+    x = (noise + 2.0 * model.w).reshape(6, 1, 5, 8)
+    real = profiles.deepfool
+
+    def failing_on_sample_2(*args, **kwargs):
+        res = real(*args, **kwargs)
+        labels = res.labels.clone()
+        labels[2] = res.original[2]
+        return dataclasses.replace(res, labels=labels)
+
+    monkeypatch.setattr(profiles, "deepfool", failing_on_sample_2)
+    with caplog.at_level("WARNING"):
+        basis = shared_subspace(model, x, dim=3, recipe=recipe, tol=1e-10)
+    assert "sample(s) [2]" in caplog.text
+    assert float(principal_angles_cos(basis, model.U).min()) > 1 - 1e-6
+
+
 def test_vulnerability_inside_vs_random_subspace():
     model = PlantedCurvature(d=40).eval()
     g = torch.Generator().manual_seed(2)

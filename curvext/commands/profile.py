@@ -137,6 +137,8 @@ def _write_part(path: Path, df) -> None:
 
 
 def _write_outputs(table, out: Path, args, method: str, n_images: int) -> None:
+    import numpy as np
+
     from curvext import plots
 
     path = out / f"profile.{args.format}"
@@ -146,6 +148,9 @@ def _write_outputs(table, out: Path, args, method: str, n_images: int) -> None:
     values = table.pivot(index="image", columns="rank", values="curvature").to_numpy()
     plots.curvature_profile(values, out / "profile.png",
                             title=f"principal curvatures at the {args.at} ({method}, {n_images} images)")
-    near_zero = float((abs(values) < 0.05 * abs(values).max(axis=1, keepdims=True)).mean())
-    print(f"{n_images} images, {values.shape[1]} curvatures each; share within 5% of the largest |value|: "
+    measured = values[~np.isnan(values).all(axis=1)]
+    skipped = "" if len(measured) == len(values) else (
+        f" ({len(values) - len(measured)} without a boundary to measure: NaN rows)")
+    near_zero = float((abs(measured) < 0.05 * abs(measured).max(axis=1, keepdims=True)).mean()) if len(measured) else 0.0
+    print(f"{n_images} images{skipped}, {values.shape[1]} curvatures each; share within 5% of the largest |value|: "
           f"{100 * near_zero:.0f}%\nwrote {path} and {out / 'profile.png'}")

@@ -1,6 +1,7 @@
 """Principal-curvature profiles at decision-boundary points (the paper's Fig. 5b)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,8 @@ import torch
 from curvext.geometry.deepfool import deepfool
 from curvext.linalg import lanczos
 from curvext.operators import CurvatureOperator
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,10 @@ class CurvatureProfile:
     cls, base: ``(B,)`` the pair, ``F = f_cls - f_base`` (base = the image's own label).
     grad_norm: ``(B,)`` ``||grad F||`` at the points.
     converged: ``(B, m)`` bool (all True for dense spectra). steps: ``(B,)`` operator applications.
+
+    A sample without a boundary to measure (DeepFool did not change its label within its
+    iterations, so ``cls == base``) has NaN values, vectors and grad_norm, converged False and
+    0 steps; a warning names it.
     """
 
     values: torch.Tensor
@@ -71,13 +78,30 @@ def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boun
         tol, max_steps, seed: Lanczos settings (:func:`curvext.lanczos`).
     """
     points, cls, base = curvature_points(model, x, at=at, pair=pair, boundary_fraction=boundary_fraction)
-    # Tangent coordinates: the operator is d - 1 dimensional, the normal direction's zero is not
-    # in it at all (not even after a Lanczos restart from a fresh direction).
-    G = CurvatureOperator(model, points, cls, base, method=method, h=h, tangent_coords=True)
-    B = x.shape[0]
     d = points[0].numel()
     if not full and (not isinstance(k, int) or k < 1 or 2 * k > d - 1):
         raise ValueError(f"k must be an int with 1 <= 2k <= d - 1 = {d - 1}, got {k!r}")
+    settings = dict(k=k, method=method, h=h, full=full, vectors=vectors, tol=tol, max_steps=max_steps, seed=seed)
+    valid = cls != base
+    if bool(valid.all()):
+        return _profile(model, points, cls, base, **settings)
+    missing = (~valid).nonzero().flatten().tolist()
+    logger.warning("no boundary to measure at sample(s) %s (%s): their principal curvatures are NaN", missing[:20],
+                   "DeepFool did not change their label" if at == "boundary" else "pair of equal classes")
+    keep = valid.nonzero().flatten()
+    if keep.numel() == 0:
+        return _nan_profile(points, cls, base, 2 * k if not full else d - 1, vectors)
+    sub = _profile(model, points[keep], cls[keep], base[keep], **settings)
+    return _scatter(sub, keep, points, cls, base)
+
+
+def _profile(model, points, cls, base, *, k, method, h, full, vectors, tol, max_steps, seed) -> CurvatureProfile:
+    """:func:`principal_curvatures` at given points with ``cls != base`` everywhere."""
+    # Tangent coordinates: the operator is d - 1 dimensional, the normal direction's zero is not
+    # in it at all (not even after a Lanczos restart from a fresh direction).
+    G = CurvatureOperator(model, points, cls, base, method=method, h=h, tangent_coords=True)
+    B = points.shape[0]
+    d = points[0].numel()
     rows = torch.arange(B, device=points.device)
     if full:
         w, Q = torch.linalg.eigh(G.dense())  # (B, d-1), (B, d-1, d-1) in tangent coordinates
@@ -95,3 +119,25 @@ def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boun
         vecs = G.embed(coords.reshape(B * m, d - 1), rows.repeat_interleave(m))
         vecs = vecs.reshape((B, m) + tuple(points.shape[1:]))
     return CurvatureProfile(values, vecs, points, cls, base, G.grad_norm, converged, steps)
+
+
+def _nan_profile(points, cls, base, m: int, vectors: bool) -> CurvatureProfile:
+    """A profile of B samples with nothing measured."""
+    B = points.shape[0]
+    nan = torch.full((B, m), float("nan"), dtype=points.dtype, device=points.device)
+    vecs = torch.full((B, m) + tuple(points.shape[1:]), float("nan"), dtype=points.dtype,
+                      device=points.device) if vectors else None
+    return CurvatureProfile(nan, vecs, points, cls, base, nan[:, 0].clone(), torch.zeros_like(nan, dtype=torch.bool),
+                            torch.zeros(B, dtype=torch.long, device=points.device))
+
+
+def _scatter(sub: CurvatureProfile, keep: torch.Tensor, points, cls, base) -> CurvatureProfile:
+    """``sub`` (measured at rows ``keep``) placed into a NaN profile of all B samples."""
+    full = _nan_profile(points, cls, base, sub.values.shape[1], sub.vectors is not None)
+    full.values[keep] = sub.values
+    if sub.vectors is not None:
+        full.vectors[keep] = sub.vectors
+    full.grad_norm[keep] = sub.grad_norm
+    full.converged[keep] = sub.converged
+    full.steps[keep] = sub.steps.to(full.steps.device)
+    return full

@@ -1,6 +1,7 @@
 """The shared curved subspace of a classifier's boundaries and how vulnerable it is (SPEC §4)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,8 @@ from curvext.geometry.deepfool import deepfool
 from curvext.geometry.profiles import curvature_points, principal_curvatures
 from curvext.linalg import lanczos
 from curvext.operators import CurvatureOperator
+
+logger = logging.getLogger(__name__)
 
 RECIPES = ("stack", "mean_hessian")
 
@@ -47,8 +50,15 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
         U, _, _ = torch.linalg.svd(chosen.reshape(-1, d).T.double(), full_matrices=False)
         return U[:, :dim].to(x.dtype)
     points, cls, base = curvature_points(model, x, at=at)
+    reached = cls != base  # DeepFool changed the label: a boundary to measure
+    if not bool(reached.all()):
+        logger.warning("no boundary to measure at sample(s) %s (DeepFool did not change their label): the mean "
+                       "curvature operator averages the other points", (~reached).nonzero().flatten().tolist()[:20])
+        if not bool(reached.any()):
+            raise ValueError("DeepFool changed no image's label: no boundary point to build the subspace from")
+        points, cls, base = points[reached], cls[reached], base[reached]
     G = CurvatureOperator(model, points, cls, base, method=method, h=h)
-    N = x.shape[0]
+    N = points.shape[0]
     shape = tuple(points.shape[1:])
     all_rows = torch.arange(N, device=x.device)
 
