@@ -23,9 +23,33 @@ def require_eval(model: torch.nn.Module, name: str = "model") -> None:
         )
 
 
+_PIECEWISE_LINEAR_NAMES = frozenset(c.__name__ for c in _PIECEWISE_LINEAR)
+# The same layers as operators of a TorchScript graph (also catches functional calls like F.relu).
+_PIECEWISE_LINEAR_OPS = ("aten::relu", "aten::relu_", "aten::relu6", "aten::leaky_relu", "aten::hardtanh",
+                         "aten::prelu", "aten::max_pool1d", "aten::max_pool2d", "aten::max_pool3d",
+                         "aten::max_pool2d_with_indices")
+
+
 def is_piecewise_linear(model: torch.nn.Module) -> bool:
-    """True when the model contains ReLU-like or max-pool layers (exact input Hessian ~ 0)."""
-    return any(isinstance(m, _PIECEWISE_LINEAR) for m in model.modules())
+    """True when the model contains ReLU-like or max-pool layers (exact input Hessian ~ 0): as
+    modules of those classes, as TorchScript modules traced or scripted from them (their
+    ``original_name``), or as operators anywhere in a TorchScript or ``torch.fx``/``torch.export``
+    graph. An eager model
+    that calls ``F.relu`` in its own ``forward`` is not seen; pass the method explicitly there."""
+    for m in model.modules():
+        if isinstance(m, _PIECEWISE_LINEAR) or getattr(m, "original_name", None) in _PIECEWISE_LINEAR_NAMES:
+            return True
+    if isinstance(model, torch.fx.GraphModule):  # e.g. a torch.export program's module
+        targets = {str(n.target) for n in model.graph.nodes if n.op == "call_function"}
+        return any(t.startswith(op.replace("::", ".") + ".") or t == op.replace("::", ".")
+                   for t in targets for op in _PIECEWISE_LINEAR_OPS)
+    if isinstance(model, torch.jit.ScriptModule):
+        try:
+            graph = str(model.inlined_graph)
+        except (AttributeError, RuntimeError):  # no forward graph to read
+            return False
+        return any(f"{op}(" in graph for op in _PIECEWISE_LINEAR_OPS)
+    return False
 
 
 def check_images(x: torch.Tensor, name: str = "x", input_range: tuple | None = (0.0, 1.0)) -> None:

@@ -268,6 +268,18 @@ def _import_class(module_path: str):
     return cls
 
 
+def _load_exported(path: Path) -> nn.Module:
+    """The module of a ``torch.export`` program, flagged as in eval mode: an exported graph keeps
+    the mode it was exported in, and its ``eval()`` is not supported, so the flags are set directly."""
+    try:
+        model = torch.export.load(str(path)).module()
+    except Exception as exc:  # noqa: BLE001  (torch.export raises many types for a bad archive)
+        raise ValueError(f"{path} is not a readable torch.export program (.pt2): {exc}") from exc
+    for m in model.modules():
+        m.training = False
+    return model
+
+
 def load_checkpoint(path: str | os.PathLike, module_path: str | None = None, *,
                     model_kwargs: dict | None = None) -> nn.Module:
     """Load a model for evaluation (eval mode, CPU).
@@ -277,11 +289,19 @@ def load_checkpoint(path: str | os.PathLike, module_path: str | None = None, *,
     * ``module_path="package.module:ClassName"``: ``path`` is a state dict (or a dict holding one
       under ``"state_dict"`` / ``"model_state_dict"``) for ``ClassName(**model_kwargs)``.
 
-    The model must accept inputs in ``[0, 1]``; curvext does not normalise for it.
+    * ``path`` ending in ``.pt2`` (``module_path=None``): a ``torch.export`` program
+      (``torch.export.save``), exported in eval mode with a dynamic batch dimension
+      (``dynamic_shapes=({0: torch.export.Dim("batch")},)``), since curvext batches images,
+      directions and classes. The successor of TorchScript, which torch 2.14 deprecates.
+
+    The model must accept inputs in ``[0, 1]`` (or pass it through
+    :class:`curvext.normalization.Normalized`); curvext does not normalise for it.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if module_path is None and path.suffix == ".pt2":
+        return _load_exported(path)
     if module_path is None:
         try:
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the user chose the format

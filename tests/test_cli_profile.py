@@ -133,3 +133,22 @@ def test_profile_keeps_going_past_an_image_without_a_boundary(tmp_path, monkeypa
     assert table[table["image"] == 0]["curvature"].isna().all()
     assert table[table["image"] != 0]["curvature"].notna().all()
     assert (out / "profile.png").stat().st_size > 0
+
+
+def test_profile_on_an_image_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    _, ckpt = small_checkpoint(tmp_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(data.load_digits("test").images[:3]):
+        Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "prof"
+    assert main(["profile", "--dataset", "folder", "--data-dir", str(folder), "--checkpoint", str(ckpt),
+                 "--image-size", "8", "--channels", "1", "--normalize", "0/1", "--k", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    table = pd.read_parquet(out / "profile.parquet")
+    assert sorted(table["image"].unique()) == [0, 1, 2] and table["curvature"].notna().all()
+    with pytest.raises(SystemExit, match="--checkpoint"):
+        main(["profile", "--dataset", "folder", "--data-dir", str(folder)])

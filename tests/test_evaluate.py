@@ -182,3 +182,57 @@ def test_evaluate_command_names_a_missing_cuda_device(capsys):
         pytest.skip("CUDA is available here")
     with pytest.raises(SystemExit, match="--device cuda: CUDA is not available"):
         main(["evaluate", "--device", "cuda", "--images", "10"])
+
+
+def _digit_folder(folder, n=30):
+    """The first n digits test images as 8x8 greyscale PNG files (to 8 bits)."""
+    from PIL import Image
+
+    folder.mkdir()
+    images = data.load_digits("test").images[:n]
+    for i, img in enumerate(images):
+        Image.fromarray((img[0].numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return images
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit's deprecation notices
+def test_evaluate_command_on_an_image_folder_with_a_normalised_checkpoint(digits_model, tmp_path, capsys):
+    """A folder of unlabelled images and a user's TorchScript model that expects normalised
+    inputs: labels are the model's own predictions, --normalize puts the statistics in front."""
+    x = _digit_folder(tmp_path / "images")
+
+    class ExpectsNormalised(torch.nn.Module):  # the user's model: inputs (x - 0.5) / 0.25
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, z):
+            return self.model(z * 0.25 + 0.5)
+
+    user = ExpectsNormalised(digits_model).eval()
+    ckpt = tmp_path / "user.pt"
+    torch.jit.save(torch.jit.trace(user.eval(), torch.rand(2, 1, 8, 8)), str(ckpt))
+    args = ["evaluate", "--dataset", "folder", "--data-dir", str(tmp_path / "images"), "--checkpoint", str(ckpt),
+            "--normalize", "0.5/0.25", "--image-size", "8", "--channels", "1", "--directions", "2", "--h", "0.1",
+            "--orientation", "higher", "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "30 correctly classified images" in out  # every image is 'correct' by its own prediction
+    assert "| deepfool |" in out and (tmp_path / "out" / "eval-folder-checkpoint-roc.png").is_file()
+    # The same run through the Python API on the same model and images gives the same table.
+    from curvext.normalization import Normalized
+
+    model = Normalized(zoo.load_checkpoint(ckpt), (0.5,), (0.25,)).eval()
+    images = data.load_image_folder(tmp_path / "images", size=8, channels=1).images
+    torch.testing.assert_close(images, x, rtol=0, atol=1 / 255)  # 8-bit PNG round trip
+    det = CurvatureDetector(model, num_directions=2, method="fd2", h=0.1, orientation="higher")
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    rep = evaluate(model, images, labels, detector=det, progress=False)
+    assert rep.table().splitlines()[2] in out
+
+
+def test_evaluate_command_folder_needs_a_checkpoint(tmp_path, capsys):
+    _digit_folder(tmp_path / "images", n=2)
+    assert main(["evaluate", "--dataset", "folder", "--data-dir", str(tmp_path / "images")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

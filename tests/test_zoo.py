@@ -124,3 +124,26 @@ def test_load_checkpoint_state_dict_with_module_path(quick, tmp_path):
         zoo.load_checkpoint(sd, "curvext.zoo:NoSuchNet")
     with pytest.raises(FileNotFoundError):
         zoo.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_load_exported_program(tmp_path):
+    """A torch.export program (.pt2) with a dynamic batch loads in eval mode, equals the model it
+    was exported from, and supports the double backward of exact curvature."""
+    torch.manual_seed(0)
+    model = zoo.build("lenet", "smooth", "digits").eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (torch.rand(2, 1, 8, 8),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "lenet.pt2"
+    torch.export.save(program, str(path))
+    loaded = zoo.load_checkpoint(path)
+    assert not any(m.training for m in loaded.modules())
+    x = torch.rand(5, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), model(x))
+    from curvext.hvp import InputHessian
+
+    V, idx = torch.randn(5, 1, 8, 8), torch.arange(5)
+    cls, base = torch.zeros(5, dtype=torch.long), torch.ones(5, dtype=torch.long)
+    torch.testing.assert_close(InputHessian(loaded, x, cls, base)(V, idx), InputHessian(model, x, cls, base)(V, idx))
+    (tmp_path / "bad.pt2").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="not a readable torch.export program"):
+        zoo.load_checkpoint(tmp_path / "bad.pt2")

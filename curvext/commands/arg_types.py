@@ -50,3 +50,13 @@ def scales(text: str):
     if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise argparse.ArgumentTypeError(f"expected positive finite numbers separated by commas, got {text!r}")
     return values
+
+
+def normalization(text: str):
+    """``--normalize``: see :func:`curvext.normalization.parse_normalization`."""
+    from curvext.normalization import parse_normalization
+
+    try:
+        return parse_normalization(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

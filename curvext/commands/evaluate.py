@@ -7,6 +7,7 @@ import sys
 import time
 
 from curvext.commands.arg_types import non_negative_float, positive_float, positive_int, scales
+from curvext.commands.model_source import add_folder_arguments, add_normalize_argument, load_user_model
 from curvext.commands.placement import add_device_argument, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -16,13 +17,16 @@ RELU_DEFAULT_METHOD = "fd2"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
-                   help="digits ships with scikit-learn; mnist needs --data-dir (IDX files)")
-    p.add_argument("--data-dir", default=None, help="folder of MNIST IDX files (e.g. ../shared/data/mnist)")
+    p.add_argument("--dataset", choices=("digits", "mnist", "folder"), default="digits",
+                   help="digits ships with scikit-learn; mnist needs --data-dir (IDX files); folder: every image "
+                        "file in --data-dir, labelled by each model's own prediction")
+    p.add_argument("--data-dir", default=None, help="folder of MNIST IDX files (e.g. ../shared/data/mnist) or of images")
+    add_folder_arguments(p)
     p.add_argument("--model", default="lenet", help="zoo architectures, comma separated (lenet,nin)")
     p.add_argument("--activation", default="relu", help="relu, smooth or both (comma separated)")
-    p.add_argument("--checkpoint", default=None, help="a TorchScript or state-dict file instead of the zoo")
+    p.add_argument("--checkpoint", default=None, help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
     p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
+    add_normalize_argument(p)
     p.add_argument("--images", type=positive_int, default=300, help="test images to use")
     p.add_argument("--method", default=None, choices=("autograd", "fd", "fd2"),
                    help="curvature measurement (default: autograd for smooth, fd2 for relu models)")
@@ -62,7 +66,7 @@ def _models(args):
     from curvext import zoo
 
     if args.checkpoint:
-        yield "checkpoint", zoo.load_checkpoint(args.checkpoint, args.module_path).eval(), None
+        yield "checkpoint", load_user_model(args), None
         return
     for name in args.model.split(","):
         for activation in ("relu", "smooth") if args.activation == "both" else args.activation.split(","):
@@ -80,11 +84,18 @@ def run(args) -> int:
 
     device = resolve_device(args.device)
 
+    if args.dataset in ("mnist", "folder") and not args.data_dir:
+        print(f"curvext evaluate: --dataset {args.dataset} needs --data-dir (a folder of "
+              f"{'MNIST IDX files' if args.dataset == 'mnist' else 'images'})", file=sys.stderr)
+        return 2
+    if args.dataset == "folder" and not args.checkpoint:
+        print("curvext evaluate: --dataset folder needs --checkpoint (the zoo trains on digits or MNIST only)",
+              file=sys.stderr)
+        return 2
     if args.dataset == "mnist":
-        if not args.data_dir:
-            print("curvext evaluate: --dataset mnist needs --data-dir (a folder of MNIST IDX files)", file=sys.stderr)
-            return 2
         test = data.load_mnist(args.data_dir, "test", limit=args.images)
+    elif args.dataset == "folder":
+        test = data.load_image_folder(args.data_dir, size=args.image_size, channels=args.channels, limit=args.images)
     else:
         test = data.load_digits("test", seed=args.seed).subset(args.images)
     attacks = attack_suite(eps_linf=args.eps_linf, eps_l2=args.eps_l2, cw_confidence=args.cw_confidence,
@@ -93,6 +104,11 @@ def run(args) -> int:
     images, labels = test.images.to(device), test.labels.to(device)
     for label, model, accuracy in _models(args):
         model = model.to(device)
+        if args.dataset == "folder":  # unlabelled images: recovery means getting the clean prediction back
+            import torch
+
+            with torch.no_grad():
+                labels = torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
         method = args.method or (RELU_DEFAULT_METHOD if is_piecewise_linear(model) else SMOOTH_DEFAULT_METHOD)
         auto = args.h == "auto"
         for h in [None] if method == "autograd" or auto else args.h:

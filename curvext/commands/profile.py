@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from curvext.commands.arg_types import positive_float, positive_int
+from curvext.commands.model_source import add_folder_arguments, add_normalize_argument, load_user_model
 from curvext.commands.placement import add_device_argument, parse_shard, resolve_device, shard_from_env
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="principal curvatures at boundary points (table + plot)")
     p.add_argument("--dataset", choices=("digits", "mnist", "folder"), default="digits")
     p.add_argument("--data-dir", default=None, help="MNIST IDX folder, or the image folder for --dataset folder")
-    p.add_argument("--image-size", type=positive_int, default=28, help="resize for --dataset folder")
+    add_folder_arguments(p, image_size=28)
     p.add_argument("--model", default="lenet", help="zoo architecture (lenet, nin)")
     p.add_argument("--activation", default="smooth", choices=("relu", "smooth"))
-    p.add_argument("--checkpoint", default=None, help="TorchScript or state-dict file instead of the zoo")
+    p.add_argument("--checkpoint", default=None, help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
     p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
+    add_normalize_argument(p)
     p.add_argument("--images", type=positive_int, default=64)
     p.add_argument("--k", type=positive_int, default=20, help="curvatures from each end")
     p.add_argument("--at", choices=("boundary", "input"), default="boundary")
@@ -59,7 +61,7 @@ def _data(args):
         raise SystemExit(f"curvext profile: --dataset {args.dataset} needs --data-dir")
     if args.dataset == "mnist":
         return data.load_mnist(args.data_dir, "test", limit=args.images)
-    return data.load_image_folder(args.data_dir, size=args.image_size).subset(args.images)
+    return data.load_image_folder(args.data_dir, size=args.image_size, channels=args.channels, limit=args.images)
 
 
 def run(args) -> int:
@@ -70,11 +72,13 @@ def run(args) -> int:
     from curvext._model_checks import is_piecewise_linear
     from curvext.cache_keys import model_digest, settings_key, tensor_digest
 
+    if args.dataset == "folder" and not args.checkpoint:
+        raise SystemExit("curvext profile: --dataset folder needs --checkpoint (the zoo trains on digits or MNIST only)")
     device = resolve_device(args.device)
     shard = args.shard or shard_from_env()
     ds = _data(args)
     if args.checkpoint:
-        model = zoo.load_checkpoint(args.checkpoint, args.module_path).eval()
+        model = load_user_model(args)
     else:
         model = zoo.train(args.model, args.activation, "mnist" if args.dataset == "mnist" else "digits",
                           args.data_dir if args.dataset == "mnist" else None, cache=args.cache).model

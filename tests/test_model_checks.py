@@ -1,0 +1,42 @@
+"""curvext._model_checks: which models have a zero exact input Hessian."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from curvext import zoo
+from curvext._model_checks import is_piecewise_linear
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notices
+
+
+class FunctionalReLU(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return F.relu(self.fc(x.flatten(1)))
+
+
+@pytest.mark.parametrize("activation, expected", [("relu", True), ("smooth", False)])
+def test_zoo_models_eager_traced_and_scripted(activation, expected):
+    model = zoo.build("lenet", activation, "digits").eval()
+    assert is_piecewise_linear(model) is expected
+    assert is_piecewise_linear(torch.jit.trace(model, torch.rand(2, 1, 8, 8))) is expected
+    assert is_piecewise_linear(torch.jit.script(model)) is expected
+
+
+def test_functional_relu_is_seen_in_torchscript_graphs():
+    model = FunctionalReLU().eval()
+    assert is_piecewise_linear(model) is False  # documented blind spot of eager models
+    assert is_piecewise_linear(torch.jit.trace(model, torch.rand(2, 1, 2, 2))) is True
+    assert is_piecewise_linear(torch.jit.script(model)) is True
+
+
+def test_exported_programs():
+    relu = torch.export.export(zoo.build("lenet", "relu", "digits").eval(), (torch.rand(2, 1, 8, 8),)).module()
+    smooth = torch.export.export(zoo.build("lenet", "smooth", "digits").eval(), (torch.rand(2, 1, 8, 8),)).module()
+    functional = torch.export.export(FunctionalReLU().eval(), (torch.rand(2, 1, 2, 2),)).module()
+    assert is_piecewise_linear(relu) and is_piecewise_linear(functional) and not is_piecewise_linear(smooth)
