@@ -29,3 +29,27 @@ def _seeded():
 
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture
+def deepfool_fails_on(monkeypatch):
+    """``deepfool_fails_on(i, ...)``: from then on, the DeepFool that profiles and the shared
+    subspace call leaves images i, ... at their original label (converged False), as a real
+    DeepFool does when it runs out of iterations. ``monkeypatch.undo()`` restores it."""
+    import dataclasses
+
+    import curvext.geometry.profiles as profiles
+
+    real = profiles.deepfool
+
+    def fail(*samples):
+        def deepfool(*args, **kwargs):
+            res = real(*args, **kwargs)
+            labels, converged = res.labels.clone(), res.converged.clone()
+            for i in samples:
+                labels[i], converged[i] = res.original[i], False
+            return dataclasses.replace(res, labels=labels, converged=converged)
+
+        monkeypatch.setattr(profiles, "deepfool", deepfool)
+
+    return fail

@@ -110,21 +110,9 @@ def test_profile_rejects_bad_numbers_before_any_work(option, value, capsys):
     assert option in capsys.readouterr().err
 
 
-def test_profile_keeps_going_past_an_image_without_a_boundary(tmp_path, monkeypatch, capsys):
-    import dataclasses
-
-    import curvext.geometry.profiles as profiles
-
+def test_profile_keeps_going_past_an_image_without_a_boundary(tmp_path, deepfool_fails_on, capsys):
     _, ckpt = small_checkpoint(tmp_path)
-    real = profiles.deepfool
-
-    def failing_on_first(*args, **kwargs):
-        res = real(*args, **kwargs)
-        labels = res.labels.clone()
-        labels[0] = res.original[0]
-        return dataclasses.replace(res, labels=labels)
-
-    monkeypatch.setattr(profiles, "deepfool", failing_on_first)
+    deepfool_fails_on(0)
     out = tmp_path / "prof"
     assert main(["profile", "--checkpoint", str(ckpt), "--images", "3", "--k", "2", "--out", str(out),
                  "--no-progress"]) == 0

@@ -70,30 +70,18 @@ def test_low_rank_curvature_gives_zeros_not_nan():
     torch.testing.assert_close(prof.values, want, rtol=0, atol=1e-6)
 
 
-def test_samples_without_a_boundary_are_nan_and_named(monkeypatch, caplog):
+def test_samples_without_a_boundary_are_nan_and_named(deepfool_fails_on, monkeypatch, caplog):
     """DeepFool that fails for one image (its label unchanged) leaves that image's profile NaN
     with a warning; the other images' values equal a run without it."""
-    import dataclasses
-
-    import curvext.geometry.profiles as profiles
-
     model = Quadratic(L=3, d=30, seed=1).eval()
     x = torch.randn(3, 1, 5, 6, dtype=torch.float64)
-    real = profiles.deepfool
-
-    def failing_on_sample_1(*args, **kwargs):
-        res = real(*args, **kwargs)
-        labels, converged = res.labels.clone(), res.converged.clone()
-        labels[1], converged[1] = res.original[1], False
-        return dataclasses.replace(res, labels=labels, converged=converged)
-
-    monkeypatch.setattr(profiles, "deepfool", failing_on_sample_1)
+    deepfool_fails_on(1)
     with caplog.at_level("WARNING"):
         prof = principal_curvatures(model, x, k=2, at="boundary", tol=1e-10, vectors=True)
     assert "sample(s) [1]" in caplog.text and "DeepFool did not change their label" in caplog.text
     assert torch.isnan(prof.values[1]).all() and torch.isnan(prof.vectors[1]).all()
     assert torch.isnan(prof.grad_norm[1]) and not prof.converged[1].any() and int(prof.steps[1]) == 0
-    monkeypatch.setattr(profiles, "deepfool", real)
+    monkeypatch.undo()  # the real DeepFool again
     alone = principal_curvatures(model, x[[0, 2]], k=2, at="boundary", tol=1e-10)
     torch.testing.assert_close(prof.values[[0, 2]], alone.values, rtol=0, atol=1e-9)
     assert prof.converged[[0, 2]].all()

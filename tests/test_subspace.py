@@ -26,6 +26,15 @@ class PlantedCurvature(torch.nn.Module):
         return torch.stack([lin, -lin + quad], 1)
 
 
+def planted_points(model, n=6):
+    """n points ``(n, 1, 5, 8)`` with ``U^T x = 0``, so the normal at their boundary points stays
+    along w exactly."""
+    g = torch.Generator().manual_seed(1)
+    noise = 0.3 * torch.randn(n, 40, generator=g, dtype=torch.float64)
+    noise = noise - (noise @ model.U) @ model.U.T
+    return (noise + 2.0 * model.w).reshape(n, 1, 5, 8)
+
+
 def principal_angles_cos(A, B):
     return torch.linalg.svdvals(A.T @ B)
 
@@ -33,10 +42,7 @@ def principal_angles_cos(A, B):
 @pytest.mark.parametrize("recipe", ["stack", "mean_hessian"])
 def test_recovers_planted_subspace(recipe):
     model = PlantedCurvature().eval()
-    g = torch.Generator().manual_seed(1)
-    noise = 0.3 * torch.randn(6, 40, generator=g, dtype=torch.float64)
-    noise = noise - (noise @ model.U) @ model.U.T  # U^T x = 0: the normal stays along w, exactly
-    x = (noise + 2.0 * model.w).reshape(6, 1, 5, 8)
+    x = planted_points(model)
     basis = shared_subspace(model, x, dim=3, recipe=recipe, tol=1e-10)
     assert basis.shape == (40, 3)
     torch.testing.assert_close(basis.T @ basis, torch.eye(3, dtype=torch.float64), atol=1e-8, rtol=0)
@@ -45,27 +51,12 @@ def test_recovers_planted_subspace(recipe):
 
 
 @pytest.mark.parametrize("recipe", ["stack", "mean_hessian"])
-def test_points_without_a_boundary_are_left_out(recipe, monkeypatch, caplog):
+def test_points_without_a_boundary_are_left_out(recipe, deepfool_fails_on, caplog):
     """An image DeepFool cannot move across the boundary contributes nothing; the planted
     subspace is still recovered from the others, with a warning (mean_hessian) naming it."""
-    import dataclasses
-
-    import curvext.geometry.profiles as profiles
-
     model = PlantedCurvature().eval()
-    g = torch.Generator().manual_seed(1)
-    noise = 0.3 * torch.randn(6, 40, generator=g, dtype=torch.float64)
-    noise = noise - (noise @ model.U) @ model.U.T
-    x = (noise + 2.0 * model.w).reshape(6, 1, 5, 8)
-    real = profiles.deepfool
-
-    def failing_on_sample_2(*args, **kwargs):
-        res = real(*args, **kwargs)
-        labels = res.labels.clone()
-        labels[2] = res.original[2]
-        return dataclasses.replace(res, labels=labels)
-
-    monkeypatch.setattr(profiles, "deepfool", failing_on_sample_2)
+    x = planted_points(model)
+    deepfool_fails_on(2)
     with caplog.at_level("WARNING"):
         basis = shared_subspace(model, x, dim=3, recipe=recipe, tol=1e-10)
     assert "sample(s) [2]" in caplog.text
