@@ -14,7 +14,8 @@ COMMAND_MODULES = ("demo", "evaluate", "profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="curvext", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="curvext", description="Decision-boundary curvature of classifiers "
+                                     "in input space: detection, label recovery and profiles.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
