@@ -4,7 +4,7 @@
 compiled :func:`curvext.quadratic_forms.class_curvature_sums`. The compiler fuses the element-wise
 work of the forward-over-forward passes (activations and their first and second derivatives
 along every direction), which eager PyTorch runs as separate kernels. Measured on two CPU cores
-(``BENCHMARKS.md``): 1.4x on the MNIST LeNet and 1.3x on the NiN, for a one-off compilation of
+(``BENCHMARKS.md``): 1.4-2.1x on the MNIST LeNet and 1.3-1.5x on the NiN, for a one-off compilation of
 20-40 s per model. It pays over long sweeps, not for a few images. Results equal the eager ones
 to rounding (float32: 2e-7 relative on the LeNet, 1e-5 on the NiN).
 

@@ -132,7 +132,7 @@ class CurvatureDetector:
             throughput of 128 for the MNIST NiN with fd2) and a ResNet-50's second-order passes
             within a GPU's memory.
         compile: score with a ``torch.compile``d function (``method="autograd"`` with the
-            Hutchinson estimator only): 1.3-1.4x on the MNIST zoo models on a CPU after a
+            Hutchinson estimator only): 1.3-2.1x on the MNIST zoo models on a CPU after a
             one-off compilation of 20-40 s; see :mod:`curvext.compiled_sums`.
     """
 

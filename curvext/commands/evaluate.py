@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on the same adversarial images (attacked once)")
     p.add_argument("--directions", type=positive_int, default=16, help="random directions T")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the exact (autograd) curvature sums of smooth models: 1.3-1.4x on a CPU "
+                   help="torch.compile the exact (autograd) curvature sums of smooth models: 1.3-2.1x on a CPU "
                         "after a one-off compilation of 20-40 s per model; fd/fd2 models run as usual")
     p.add_argument("--classes", type=positive_int, default=None, help="competing classes K (default: all)")
     p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
