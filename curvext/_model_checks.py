@@ -24,31 +24,49 @@ def require_eval(model: torch.nn.Module, name: str = "model") -> None:
 
 
 _PIECEWISE_LINEAR_NAMES = frozenset(c.__name__ for c in _PIECEWISE_LINEAR)
-# The same layers as operators of a TorchScript graph (also catches functional calls like F.relu).
-_PIECEWISE_LINEAR_OPS = ("aten::relu", "aten::relu_", "aten::relu6", "aten::leaky_relu", "aten::hardtanh",
-                         "aten::prelu", "aten::max_pool1d", "aten::max_pool2d", "aten::max_pool3d",
-                         "aten::max_pool2d_with_indices")
+# The same layers as operators or functions in a graph (also functional calls like F.relu).
+_PIECEWISE_LINEAR_OPS = frozenset({
+    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "prelu", "max_pool1d",
+    "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"})
+
+
+def _op_name(target) -> str:
+    """``aten.relu.default`` / ``torch.relu`` / ``F.relu`` / ``"relu"`` (a method) -> ``"relu"``."""
+    if isinstance(target, str):
+        return target
+    text = str(target)
+    if text.startswith("aten."):  # an OpOverload: aten.<name>.<overload>
+        return text.split(".")[1]
+    return getattr(target, "__name__", text)
+
+
+def _graph_has_piecewise_linear_ops(m: torch.nn.Module) -> bool:
+    """Operators of a torch.fx / torch.export graph or a TorchScript graph held by ``m``."""
+    if isinstance(m, torch.fx.GraphModule):
+        return any(_op_name(n.target) in _PIECEWISE_LINEAR_OPS for n in m.graph.nodes
+                   if n.op in ("call_function", "call_method"))
+    if isinstance(m, torch.jit.ScriptModule):
+        try:
+            graph = str(m.inlined_graph)
+        except (AttributeError, RuntimeError):  # no forward graph to read
+            return False
+        return any(f"aten::{op}(" in graph for op in _PIECEWISE_LINEAR_OPS)
+    return False
 
 
 def is_piecewise_linear(model: torch.nn.Module) -> bool:
     """True when the model contains ReLU-like or max-pool layers (exact input Hessian ~ 0): as
     modules of those classes, as TorchScript modules traced or scripted from them (their
-    ``original_name``), or as operators anywhere in a TorchScript or ``torch.fx``/``torch.export``
-    graph. An eager model
-    that calls ``F.relu`` in its own ``forward`` is not seen; pass the method explicitly there."""
+    ``original_name``), or as operators or functions anywhere in a TorchScript, ``torch.fx`` or
+    ``torch.export`` graph inside the model (also behind wrappers such as
+    :class:`curvext.normalization.Normalized`). An eager model that calls ``F.relu`` in its own
+    ``forward`` is not seen; pass the method explicitly there."""
     for m in model.modules():
         if isinstance(m, _PIECEWISE_LINEAR) or getattr(m, "original_name", None) in _PIECEWISE_LINEAR_NAMES:
             return True
-    if isinstance(model, torch.fx.GraphModule):  # e.g. a torch.export program's module
-        targets = {str(n.target) for n in model.graph.nodes if n.op == "call_function"}
-        return any(t.startswith(op.replace("::", ".") + ".") or t == op.replace("::", ".")
-                   for t in targets for op in _PIECEWISE_LINEAR_OPS)
-    if isinstance(model, torch.jit.ScriptModule):
-        try:
-            graph = str(model.inlined_graph)
-        except (AttributeError, RuntimeError):  # no forward graph to read
-            return False
-        return any(f"{op}(" in graph for op in _PIECEWISE_LINEAR_OPS)
+        if _graph_has_piecewise_linear_ops(m):
+            return True
     return False
 
 

@@ -26,6 +26,7 @@ import torch
 
 from curvext import attacks as _attacks
 from curvext import baselines, metrics
+from curvext.atomic_files import atomic_path
 from curvext.cache_keys import model_digest, settings_key as _key, tensor_digest
 from curvext.detect import CurvatureDetector, recovered_labels
 from curvext.scale_selection import ScaleChoice
@@ -114,9 +115,8 @@ def _cached(path: Path | None, compute: Callable[[], dict]) -> dict:
     out = compute()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(out, tmp)
-        os.replace(tmp, path)  # atomic: a killed run never leaves half a file
+        with atomic_path(path) as tmp:  # a killed run never leaves half a file
+            torch.save(out, tmp)
     return out
 
 

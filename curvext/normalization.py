@@ -7,6 +7,8 @@ perturbation norms and the ``[0, 1]`` range all refer to the images themselves.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -50,6 +52,7 @@ def parse_normalization(text: str):
         std = tuple(float(v) for v in std_text.split(","))
     except ValueError:
         raise ValueError(f"expected {expected}, got {text!r}") from None
-    if len(mean) != len(std) or any(not s > 0 or s == float("inf") for s in std):
-        raise ValueError(f"expected {expected} with as many positive stds as means, got {text!r}")
+    if (len(mean) != len(std) or any(not math.isfinite(m) for m in mean)
+            or any(not (s > 0 and math.isfinite(s)) for s in std)):
+        raise ValueError(f"expected {expected} with finite means and as many positive finite stds, got {text!r}")
     return mean, std

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from curvext import data as _data
+from curvext.atomic_files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -251,9 +252,8 @@ def train(name: str = "lenet", activation: str = "relu", dataset: str = "digits"
     acc = evaluate_accuracy(model, test.images, test.labels)
     logger.info("trained %s: test accuracy %.4f", cfg.key(), acc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"state_dict": model.state_dict(), "test_accuracy": acc, "config": asdict(cfg)}, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    with atomic_path(path) as tmp:  # a concurrent reader never sees half a file
+        torch.save({"state_dict": model.state_dict(), "test_accuracy": acc, "config": asdict(cfg)}, tmp)
     return ZooModel(model, acc, cfg, path, False)
 
 
@@ -268,27 +268,33 @@ def _import_class(module_path: str):
     return cls
 
 
-def _load_exported(path: Path) -> nn.Module:
-    """The module of a ``torch.export`` program, flagged as in eval mode: an exported graph keeps
-    the mode it was exported in, and its ``eval()`` is not supported, so the flags are set directly."""
+def _load_exported(path: Path, device) -> nn.Module:
+    """The module of a ``torch.export`` program on ``device``, flagged as in eval mode: an
+    exported graph keeps the mode it was exported in, and its ``eval()`` is not supported, so
+    the flags are set directly. The program is moved by torch.export's own pass, since tensors
+    its graph creates (``arange``, ``zeros``) are tied to the device it was exported on."""
     try:
-        model = torch.export.load(str(path)).module()
+        program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001  (torch.export raises many types for a bad archive)
         raise ValueError(f"{path} is not a readable torch.export program (.pt2): {exc}") from exc
+    if device is not None:
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, torch.device(device))
+    model = program.module()
     for m in model.modules():
         m.training = False
     return model
 
 
 def load_checkpoint(path: str | os.PathLike, module_path: str | None = None, *,
-                    model_kwargs: dict | None = None) -> nn.Module:
-    """Load a model for evaluation (eval mode, CPU).
+                    model_kwargs: dict | None = None, device=None) -> nn.Module:
+    """Load a model for evaluation: eval mode, on ``device`` (default: the CPU).
 
     * ``module_path=None``: ``path`` is a TorchScript file (``torch.jit.save``) or a zoo cache
       file written by :func:`train` (rebuilt from its recorded config).
     * ``module_path="package.module:ClassName"``: ``path`` is a state dict (or a dict holding one
       under ``"state_dict"`` / ``"model_state_dict"``) for ``ClassName(**model_kwargs)``.
-
     * ``path`` ending in ``.pt2`` (``module_path=None``): a ``torch.export`` program
       (``torch.export.save``), exported in eval mode with a dynamic batch dimension
       (``dynamic_shapes=({0: torch.export.Dim("batch")},)``), since curvext batches images,
@@ -301,7 +307,13 @@ def load_checkpoint(path: str | os.PathLike, module_path: str | None = None, *,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if module_path is None and path.suffix == ".pt2":
-        return _load_exported(path)
+        return _load_exported(path, device)
+    model = _load_module(path, module_path, model_kwargs)
+    return model if device is None else model.to(device)
+
+
+def _load_module(path: Path, module_path: str | None, model_kwargs: dict | None) -> nn.Module:
+    """A TorchScript file, a zoo cache file or a state dict for ``module_path`` (eval mode, CPU)."""
     if module_path is None:
         try:
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice: the user chose the format

@@ -53,3 +53,19 @@ def test_bad_arguments_are_named():
         model_digest("lenet")
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):
         tensor_digest([1, 2])
+
+
+def test_model_digest_sees_the_graph_of_exported_programs_and_all_buffers():
+    """Exported ReLU and smooth LeNets with the same weights differ only in their graphs."""
+    from curvext import zoo
+
+    relu, smooth = zoo.build("lenet", "relu", "digits").eval(), zoo.build("lenet", "smooth", "digits").eval()
+    smooth.load_state_dict(relu.state_dict())
+    x = (torch.rand(2, 1, 8, 8),)
+    a, b = torch.export.export(relu, x).module(), torch.export.export(smooth, x).module()
+    assert model_digest(a) != model_digest(b)
+    assert model_digest(a) == model_digest(torch.export.export(relu, x).module())  # stable
+    m = _net(0)
+    before = model_digest(m)
+    m.register_buffer("scale", torch.tensor(1.0), persistent=False)  # not in state_dict
+    assert model_digest(m) != before

@@ -97,9 +97,10 @@ def test_profile_shard_defaults_to_torchrun_rank(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("bad", ["3/3", "-1/2", "1", "a/b", "0/0"])
-def test_profile_rejects_bad_shards(bad):
+def test_profile_rejects_bad_shards(bad, capsys):
     with pytest.raises(SystemExit):
-        main(["profile", "--shard", bad])
+        main(["profile", f"--shard={bad}"])  # the = form: argparse would take "-1/2" for an option
+    assert "expected I/N" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option, value", [("--chunk", "0"), ("--images", "-3"), ("--k", "x"), ("--h", "-1"),
@@ -140,3 +141,32 @@ def test_profile_on_an_image_folder(tmp_path):
     assert sorted(table["image"].unique()) == [0, 1, 2] and table["curvature"].notna().all()
     with pytest.raises(SystemExit, match="--checkpoint"):
         main(["profile", "--dataset", "folder", "--data-dir", str(folder)])
+
+
+def test_profile_of_an_exported_program_behind_normalize(tmp_path):
+    """A torch.export .pt2 checkpoint (whose module refuses eval()) through --normalize: the same
+    curvatures as the eager model it was exported from."""
+    torch.manual_seed(0)
+    model = zoo.build("lenet", "smooth", "digits").eval()
+
+    class ExpectsNormalised(torch.nn.Module):  # the user's model takes (x - 0.5) / 0.25
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, z):
+            return self.model(z * 0.25 + 0.5)
+
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(ExpectsNormalised().eval(), (torch.rand(2, 1, 8, 8),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "user.pt2"
+    torch.export.save(program, str(path))
+    out = tmp_path / "prof"
+    assert main(["profile", "--checkpoint", str(path), "--normalize", "0.5/0.25", "--images", "3", "--k", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    table = pd.read_parquet(out / "profile.parquet")
+    eager = principal_curvatures(model, data.load_digits("test").images[:3], k=2).values.double()
+    got = torch.tensor(table.sort_values(["image", "rank"])["curvature"].to_numpy()).reshape(3, 4)
+    torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-6)
+    with pytest.raises(SystemExit, match="--normalize applies to a --checkpoint"):
+        main(["profile", "--normalize", "imagenet"])

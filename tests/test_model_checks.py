@@ -40,3 +40,22 @@ def test_exported_programs():
     smooth = torch.export.export(zoo.build("lenet", "smooth", "digits").eval(), (torch.rand(2, 1, 8, 8),)).module()
     functional = torch.export.export(FunctionalReLU().eval(), (torch.rand(2, 1, 2, 2),)).module()
     assert is_piecewise_linear(relu) and is_piecewise_linear(functional) and not is_piecewise_linear(smooth)
+
+
+def test_graphs_behind_a_wrapper_and_fx_traces():
+    from curvext.normalization import Normalized
+
+    functional = FunctionalReLU().eval()
+    exported = torch.export.export(zoo.build("lenet", "relu", "digits").eval(), (torch.rand(2, 1, 8, 8),)).module()
+    scripted = torch.jit.script(functional)
+    for inner in (exported, scripted):
+        assert is_piecewise_linear(Normalized(inner, (0.5,), (0.25,)))
+    assert is_piecewise_linear(torch.fx.symbolic_trace(functional))  # F.relu as a call_function
+
+    class MethodReLU(torch.nn.Module):
+        def forward(self, x):
+            return x.relu()
+
+    assert is_piecewise_linear(torch.fx.symbolic_trace(MethodReLU()))  # .relu() as a call_method
+    smooth = torch.fx.symbolic_trace(zoo.build("lenet", "smooth", "digits").eval())
+    assert not is_piecewise_linear(Normalized(smooth, (0.5,), (0.25,)))

@@ -63,6 +63,14 @@ def test_points_without_a_boundary_are_left_out(recipe, deepfool_fails_on, caplo
     assert float(principal_angles_cos(basis, model.U).min()) > 1 - 1e-6
 
 
+@pytest.mark.parametrize("recipe", ["stack", "mean_hessian"])
+def test_no_point_with_a_boundary_is_an_error(recipe, deepfool_fails_on):
+    model = PlantedCurvature().eval()
+    deepfool_fails_on(*range(6))
+    with pytest.raises(ValueError, match="DeepFool changed no image's label"):
+        shared_subspace(model, planted_points(model), dim=3, recipe=recipe, tol=1e-10)
+
+
 def test_vulnerability_inside_vs_random_subspace():
     model = PlantedCurvature(d=40).eval()
     g = torch.Generator().manual_seed(2)

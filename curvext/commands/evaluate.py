@@ -7,7 +7,8 @@ import sys
 import time
 
 from curvext.commands.arg_types import non_negative_float, positive_float, positive_int, scales
-from curvext.commands.model_source import add_folder_arguments, add_normalize_argument, load_user_model
+from curvext.commands.model_source import (add_folder_arguments, add_normalize_argument, load_user_model,
+                                           refuse_normalize_without_checkpoint)
 from curvext.commands.placement import add_device_argument, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,11 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _models(args):
+def _models(args, device):
     from curvext import zoo
 
     if args.checkpoint:
-        yield "checkpoint", load_user_model(args), None
+        yield "checkpoint", load_user_model(args, device), None
         return
     for name in args.model.split(","):
         for activation in ("relu", "smooth") if args.activation == "both" else args.activation.split(","):
@@ -83,6 +84,7 @@ def run(args) -> int:
     from curvext.scale_selection import PROBE_SCALES
 
     device = resolve_device(args.device)
+    refuse_normalize_without_checkpoint(args, "evaluate")
 
     if args.dataset in ("mnist", "folder") and not args.data_dir:
         print(f"curvext evaluate: --dataset {args.dataset} needs --data-dir (a folder of "
@@ -102,7 +104,7 @@ def run(args) -> int:
                            seed=args.seed)
     summary = []
     images, labels = test.images.to(device), test.labels.to(device)
-    for label, model, accuracy in _models(args):
+    for label, model, accuracy in _models(args, device):
         model = model.to(device)
         if args.dataset == "folder":  # unlabelled images: recovery means getting the clean prediction back
             import torch

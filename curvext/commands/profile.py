@@ -14,11 +14,12 @@ the table and the plot.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from curvext.atomic_files import atomic_path
 from curvext.commands.arg_types import positive_float, positive_int
-from curvext.commands.model_source import add_folder_arguments, add_normalize_argument, load_user_model
+from curvext.commands.model_source import (add_folder_arguments, add_normalize_argument, load_user_model,
+                                           refuse_normalize_without_checkpoint)
 from curvext.commands.placement import add_device_argument, parse_shard, resolve_device, shard_from_env
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
-                   help="compute chunks i with i %% N == I (default: RANK/WORLD_SIZE under torchrun, else 0/1)")
+                   help="compute chunks i with i %% N == I (default: RANK/WORLD_SIZE under torchrun, else 0/1); "
+                        "sharding by hand on one GPU machine, also pass --device cuda:I")
     p.set_defaults(func=run)
 
 
@@ -75,10 +77,11 @@ def run(args) -> int:
     if args.dataset == "folder" and not args.checkpoint:
         raise SystemExit("curvext profile: --dataset folder needs --checkpoint (the zoo trains on digits or MNIST only)")
     device = resolve_device(args.device)
+    refuse_normalize_without_checkpoint(args, "profile")
     shard = args.shard or shard_from_env()
     ds = _data(args)
     if args.checkpoint:
-        model = load_user_model(args)
+        model = load_user_model(args, device)
     else:
         model = zoo.train(args.model, args.activation, "mnist" if args.dataset == "mnist" else "digits",
                           args.data_dir if args.dataset == "mnist" else None, cache=args.cache).model
@@ -135,26 +138,30 @@ def _profile_chunk(model, x, start: int, method: str, args):
 
 
 def _write_part(path: Path, df) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a part
+    with atomic_path(path) as tmp:  # a killed run never leaves half a part
+        df.to_parquet(tmp, index=False)
 
 
 def _write_outputs(table, out: Path, args, method: str, n_images: int) -> None:
+    """The table and the plot, each replaced in one step (shards finishing together may both
+    merge); the plot and the printed share cover the images that had a boundary to measure."""
     import numpy as np
 
     from curvext import plots
 
     path = out / f"profile.{args.format}"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")  # shards finishing together may both merge
-    table.to_parquet(tmp, index=False) if args.format == "parquet" else table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False) if args.format == "parquet" else table.to_csv(tmp, index=False)
     values = table.pivot(index="image", columns="rank", values="curvature").to_numpy()
-    plots.curvature_profile(values, out / "profile.png",
-                            title=f"principal curvatures at the {args.at} ({method}, {n_images} images)")
     measured = values[~np.isnan(values).all(axis=1)]
     skipped = "" if len(measured) == len(values) else (
         f" ({len(values) - len(measured)} without a boundary to measure: NaN rows)")
-    near_zero = float((abs(measured) < 0.05 * abs(measured).max(axis=1, keepdims=True)).mean()) if len(measured) else 0.0
+    if len(measured) == 0:
+        print(f"{n_images} images{skipped}; nothing to plot\nwrote {path}")
+        return
+    with atomic_path(out / "profile.png") as tmp:
+        plots.curvature_profile(measured, tmp, title=f"principal curvatures at the {args.at} ({method}, "
+                                                      f"{len(measured)} images)")
+    near_zero = float((abs(measured) < 0.05 * abs(measured).max(axis=1, keepdims=True)).mean())
     print(f"{n_images} images{skipped}, {values.shape[1]} curvatures each; share within 5% of the largest |value|: "
           f"{100 * near_zero:.0f}%\nwrote {path} and {out / 'profile.png'}")

@@ -43,7 +43,11 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
         k = per_point or dim
         prof = principal_curvatures(model, x, k=max(1, (k + 1) // 2), at=at, method=method, h=h, vectors=True,
                                     tol=tol, seed=seed)
-        # NaN marks values Lanczos could not supply (space exhausted): rank them last, add nothing
+        if bool(torch.isnan(prof.values).all()):
+            raise ValueError("no principal curvature could be measured at any point (DeepFool changed no image's "
+                             "label): no directions to build the subspace from")
+        # NaN marks values Lanczos could not supply (space exhausted) and points without a
+        # boundary: rank them last, add nothing
         vecs = torch.nan_to_num(prof.vectors.reshape(x.shape[0], -1, d), nan=0.0)  # (N, 2k', d)
         order = torch.nan_to_num(prof.values.abs(), nan=-1.0).argsort(dim=1, descending=True)[:, :k]
         chosen = vecs.gather(1, order.unsqueeze(2).expand(-1, -1, d))  # (N, k, d)

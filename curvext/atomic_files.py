@@ -1,0 +1,24 @@
+"""Files that appear whole or not at all, so a killed run or several writers (shards of a sweep on
+one or several nodes sharing a folder) never leave half a file behind."""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary sibling of ``path`` to write; on success it replaces ``path`` in one
+    step (``os.replace``), on failure it is removed. The temporary name keeps the suffix (so
+    writers that pick a format by suffix work) and holds the host and process, so concurrent
+    writers on a shared filesystem never write the same temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{socket.gethostname()}-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
