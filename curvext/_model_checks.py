@@ -60,14 +60,21 @@ def is_piecewise_linear(model: torch.nn.Module) -> bool:
     modules of those classes, as TorchScript modules traced or scripted from them (their
     ``original_name``), or as operators or functions anywhere in a TorchScript, ``torch.fx`` or
     ``torch.export`` graph inside the model (also behind wrappers such as
-    :class:`curvext.normalization.Normalized`). An eager model that calls ``F.relu`` in its own
-    ``forward`` is not seen; pass the method explicitly there."""
+    :class:`curvext.normalization.Normalized`). An eager model whose own ``forward`` calls
+    ``F.relu`` is found by tracing it symbolically with ``torch.fx``; one that cannot be traced
+    (data-dependent control flow) is judged by its modules alone."""
     for m in model.modules():
         if isinstance(m, _PIECEWISE_LINEAR) or getattr(m, "original_name", None) in _PIECEWISE_LINEAR_NAMES:
             return True
         if _graph_has_piecewise_linear_ops(m):
             return True
-    return False
+    if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        return False  # their graphs were read above
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001  (tracing fails in many ways on dynamic Python code)
+        return False
+    return _graph_has_piecewise_linear_ops(traced)
 
 
 def check_images(x: torch.Tensor, name: str = "x", input_range: tuple | None = (0.0, 1.0)) -> None:

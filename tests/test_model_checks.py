@@ -30,7 +30,7 @@ def test_zoo_models_eager_traced_and_scripted(activation, expected):
 
 def test_functional_relu_is_seen_in_torchscript_graphs():
     model = FunctionalReLU().eval()
-    assert is_piecewise_linear(model) is False  # documented blind spot of eager models
+    assert is_piecewise_linear(model) is True  # through a symbolic fx trace
     assert is_piecewise_linear(torch.jit.trace(model, torch.rand(2, 1, 2, 2))) is True
     assert is_piecewise_linear(torch.jit.script(model)) is True
 
@@ -59,3 +59,18 @@ def test_graphs_behind_a_wrapper_and_fx_traces():
     assert is_piecewise_linear(torch.fx.symbolic_trace(MethodReLU()))  # .relu() as a call_method
     smooth = torch.fx.symbolic_trace(zoo.build("lenet", "smooth", "digits").eval())
     assert not is_piecewise_linear(Normalized(smooth, (0.5,), (0.25,)))
+
+
+def test_untraceable_eager_models_are_judged_by_their_modules():
+    class DataDependent(torch.nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.fc, self.act = torch.nn.Linear(4, 3), act
+
+        def forward(self, x):
+            if x.sum() > 0:  # symbolic tracing cannot follow this
+                x = -x
+            return F.relu(self.act(self.fc(x.flatten(1))))
+
+    assert is_piecewise_linear(DataDependent(torch.nn.ReLU())) is True  # the module is seen
+    assert is_piecewise_linear(DataDependent(torch.nn.Softplus())) is False  # F.relu behind control flow: not
