@@ -236,3 +236,28 @@ def test_evaluate_command_folder_needs_a_checkpoint(tmp_path, capsys):
     _digit_folder(tmp_path / "images", n=2)
     assert main(["evaluate", "--dataset", "folder", "--data-dir", str(tmp_path / "images")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_command_sums_over_ten_classes_of_a_many_class_model(digits_model, tmp_path, capsys):
+    """A 200-class model (the digits LeNet padded with 190 hopeless classes) is scored over its
+    top 10 competing classes unless --classes says otherwise."""
+
+    class ManyClasses(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = digits_model
+
+        def forward(self, x):
+            logits = self.model(x)
+            return torch.cat([logits, logits.new_full((x.shape[0], 190), -1e3)], dim=1)
+
+    ckpt = tmp_path / "many.pt2"
+    batch = torch.export.Dim("batch", min=1)
+    torch.export.save(torch.export.export(ManyClasses().eval(), (torch.rand(2, 1, 8, 8),),
+                                          dynamic_shapes=({0: batch},)), str(ckpt))
+    args = ["evaluate", "--checkpoint", str(ckpt), "--images", "12", "--directions", "2", "--h", "0.1",
+            "--orientation", "higher", "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert "200 classes; curvature summed over the top 10 competing classes" in capsys.readouterr().out
+    scores = [torch.load(p, weights_only=False) for p in (tmp_path / "out" / "cache").glob("clean-*.pt")]
+    assert [s["per_class"].shape[1] for s in scores] == [200] and scores[0]["competitors"].shape[1] == 10

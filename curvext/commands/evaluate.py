@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 SMOOTH_DEFAULT_METHOD = "autograd"
 RELU_DEFAULT_METHOD = "fd2"
+MANY_CLASSES, MANY_CLASSES_K = 100, 10  # above MANY_CLASSES outputs, K defaults to the top MANY_CLASSES_K
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the exact (autograd) curvature sums of smooth models: 1.3-2.1x on a CPU "
                         "after a one-off compilation of 20-40 s per model; fd/fd2 models run as usual")
-    p.add_argument("--classes", type=positive_int, default=None, help="competing classes K (default: all)")
+    p.add_argument("--classes", type=positive_int, default=None,
+                   help=f"competing classes K (default: all, or the top {MANY_CLASSES_K} for models with more than "
+                        f"{MANY_CLASSES} classes, such as ImageNet's 1000)")
     p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
                    help="side of rho where perturbed images are expected (probe: PGD probe of clean images)")
     p.add_argument("--probe-norm", default="l2", choices=("l2", "linf"),
@@ -106,16 +109,22 @@ def run(args) -> int:
     images, labels = test.images.to(device), test.labels.to(device)
     for label, model, accuracy in _models(args, device):
         model = model.to(device)
-        if args.dataset == "folder":  # unlabelled images: recovery means getting the clean prediction back
-            import torch
+        import torch
 
-            with torch.no_grad():
+        with torch.no_grad():
+            outputs = model(images[:1]).shape[1]
+            if args.dataset == "folder":  # unlabelled images: recovery means getting the clean prediction back
                 labels = torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
+        classes = args.classes
+        if classes is None and outputs > MANY_CLASSES:
+            classes = MANY_CLASSES_K
+            print(f"{label}: {outputs} classes; curvature summed over the top {classes} competing classes "
+                  "(--classes to change)")
         method = args.method or (RELU_DEFAULT_METHOD if is_piecewise_linear(model) else SMOOTH_DEFAULT_METHOD)
         auto = args.h == "auto"
         for h in [None] if method == "autograd" or auto else args.h:
             t0 = time.perf_counter()
-            detector = CurvatureDetector(model, num_directions=args.directions, classes=args.classes, method=method,
+            detector = CurvatureDetector(model, num_directions=args.directions, classes=classes, method=method,
                                          h=h, orientation=args.orientation, probe_norm=args.probe_norm,
                                          probe_eps=args.probe_eps, seed=args.seed,
                                          compile=args.compile and method == "autograd")
