@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 _PIECEWISE_LINEAR = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.MaxPool1d,
-                     torch.nn.MaxPool2d, torch.nn.MaxPool3d, torch.nn.Hardtanh, torch.nn.PReLU)
+                     torch.nn.MaxPool2d, torch.nn.MaxPool3d, torch.nn.AdaptiveMaxPool1d, torch.nn.AdaptiveMaxPool2d,
+                     torch.nn.AdaptiveMaxPool3d, torch.nn.Hardtanh, torch.nn.PReLU)
 
 
 def require_eval(model: torch.nn.Module, name: str = "model") -> None:
@@ -71,10 +72,20 @@ def is_piecewise_linear(model: torch.nn.Module) -> bool:
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         return False  # their graphs were read above
     try:
-        traced = torch.fx.symbolic_trace(model)
+        traced = torch.fx.symbolic_trace(_structural_copy(model))
     except Exception:  # noqa: BLE001  (tracing fails in many ways on dynamic Python code)
         return False
     return _graph_has_piecewise_linear_ops(traced)
+
+
+def _structural_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the modules and their Python attributes that shares every parameter and buffer
+    (no tensor memory is copied). Tracing runs the real ``forward`` with proxies, and whatever a
+    forward stores on ``self`` (caches, counters) must land on the copy, not the user's model."""
+    import copy
+
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
 
 
 def check_images(x: torch.Tensor, name: str = "x", input_range: tuple | None = (0.0, 1.0)) -> None:

@@ -3,6 +3,8 @@ one or several nodes sharing a folder) never leave half a file behind."""
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +14,11 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary sibling of ``path`` to write; on success it replaces ``path`` in one
     step (``os.replace``), on failure it is removed. The temporary name keeps the suffix (so
-    writers that pick a format by suffix work) and holds the host and process, so concurrent
-    writers on a shared filesystem never write the same temporary file."""
+    writers that pick a format by suffix work) and holds the host, the process and a random
+    token, so concurrent writers on a shared filesystem never write the same temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{socket.gethostname()}-{os.getpid()}{path.suffix}")
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+    tmp = path.with_name(f".{path.stem}.{host}-{os.getpid()}-{secrets.token_hex(4)}{path.suffix or '.tmp'}")
     try:
         yield tmp
         os.replace(tmp, path)

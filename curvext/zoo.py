@@ -277,10 +277,9 @@ def _load_exported(path: Path, device) -> nn.Module:
         program = torch.export.load(str(path))
     except Exception as exc:  # noqa: BLE001  (torch.export raises many types for a bad archive)
         raise ValueError(f"{path} is not a readable torch.export program (.pt2): {exc}") from exc
-    if device is not None:
-        from torch.export.passes import move_to_device_pass
+    from torch.export.passes import move_to_device_pass
 
-        program = move_to_device_pass(program, torch.device(device))
+    program = move_to_device_pass(program, torch.device(device or "cpu"))  # CUDA-exported programs too
     model = program.module()
     for m in model.modules():
         m.training = False

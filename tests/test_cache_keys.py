@@ -69,3 +69,24 @@ def test_model_digest_sees_the_graph_of_exported_programs_and_all_buffers():
     before = model_digest(m)
     m.register_buffer("scale", torch.tensor(1.0), persistent=False)  # not in state_dict
     assert model_digest(m) != before
+
+
+class _Offsets(torch.nn.Module):
+    """x + arange(d) * scale on a device named in the code: a constant in the graph."""
+
+    def __init__(self, device="cpu", scale=1.0):
+        super().__init__()
+        self.device, self.scale = device, scale
+
+    def forward(self, x):
+        return x + torch.arange(x.shape[-1], device=self.device) * torch.tensor([self.scale, self.scale, self.scale])
+
+
+def test_model_digest_ignores_the_device_in_graph_code_but_not_lifted_constants():
+    x = torch.rand(2, 3)
+    on_cpu = torch.fx.symbolic_trace(_Offsets("cpu"))
+    on_gpu = torch.fx.symbolic_trace(_Offsets("cuda:1"))  # never run: only its code differs
+    assert "cuda" in on_gpu.code and model_digest(on_cpu) == model_digest(on_gpu)
+    a = torch.export.export(_Offsets(scale=0.5), (x,)).module()
+    b = torch.export.export(_Offsets(scale=0.4), (x,)).module()
+    assert not torch.equal(a(x), b(x)) and model_digest(a) != model_digest(b)

@@ -258,6 +258,6 @@ def test_evaluate_command_sums_over_ten_classes_of_a_many_class_model(digits_mod
     args = ["evaluate", "--checkpoint", str(ckpt), "--images", "12", "--directions", "2", "--h", "0.1",
             "--orientation", "higher", "--no-progress", "--out", str(tmp_path / "out")]
     assert main(args) == 0
-    assert "200 classes; curvature summed over the top 10 competing classes" in capsys.readouterr().out
+    assert "200 classes; curvature summed over the top 10 competing classes" in capsys.readouterr().err
     scores = [torch.load(p, weights_only=False) for p in (tmp_path / "out" / "cache").glob("clean-*.pt")]
     assert [s["per_class"].shape[1] for s in scores] == [200] and scores[0]["competitors"].shape[1] == 10

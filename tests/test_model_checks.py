@@ -74,3 +74,28 @@ def test_untraceable_eager_models_are_judged_by_their_modules():
 
     assert is_piecewise_linear(DataDependent(torch.nn.ReLU())) is True  # the module is seen
     assert is_piecewise_linear(DataDependent(torch.nn.Softplus())) is False  # F.relu behind control flow: not
+
+
+def test_tracing_leaves_the_users_model_alone():
+    """The fx trace runs forward with proxies; what forward stores on self must not stick."""
+
+    class LazyCache(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.pos, self.calls = torch.nn.Linear(4, 3), None, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.pos is None:
+                self.pos = torch.arange(3.0)
+            return torch.tanh(self.fc(x.flatten(1))) + self.pos
+
+    model = LazyCache().eval()
+    assert is_piecewise_linear(model) is False
+    assert model.pos is None and model.calls == 0
+    assert isinstance(model(torch.rand(2, 1, 2, 2)), torch.Tensor)
+
+
+def test_adaptive_max_pool_modules():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveMaxPool2d(2), torch.nn.Tanh())
+    assert is_piecewise_linear(model)

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "after a one-off compilation of 20-40 s per model; fd/fd2 models run as usual")
     p.add_argument("--classes", type=positive_int, default=None,
                    help=f"competing classes K (default: all, or the top {MANY_CLASSES_K} for models with more than "
-                        f"{MANY_CLASSES} classes, such as ImageNet's 1000)")
+                        f"{MANY_CLASSES} classes, such as ImageNet's 1000; all of those: any K >= their number)")
     p.add_argument("--orientation", default="probe", choices=("probe", "higher", "lower", "auto"),
                    help="side of rho where perturbed images are expected (probe: PGD probe of clean images)")
     p.add_argument("--probe-norm", default="l2", choices=("l2", "linf"),
@@ -119,7 +119,7 @@ def run(args) -> int:
         if classes is None and outputs > MANY_CLASSES:
             classes = MANY_CLASSES_K
             print(f"{label}: {outputs} classes; curvature summed over the top {classes} competing classes "
-                  "(--classes to change)")
+                  "(--classes to change)", file=sys.stderr)
         method = args.method or (RELU_DEFAULT_METHOD if is_piecewise_linear(model) else SMOOTH_DEFAULT_METHOD)
         auto = args.h == "auto"
         for h in [None] if method == "autograd" or auto else args.h:

@@ -157,6 +157,7 @@ def _write_outputs(table, out: Path, args, method: str, n_images: int) -> None:
     skipped = "" if len(measured) == len(values) else (
         f" ({len(values) - len(measured)} without a boundary to measure: NaN rows)")
     if len(measured) == 0:
+        (out / "profile.png").unlink(missing_ok=True)  # an earlier run's plot would not be this table's
         print(f"{n_images} images{skipped}; nothing to plot\nwrote {path}")
         return
     with atomic_path(out / "profile.png") as tmp:
