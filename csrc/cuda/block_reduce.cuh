@@ -1,6 +1,8 @@
 // Block-wide and warp-wide sums in double for the CUDA kernels.
 #pragma once
-#include <cuda_runtime.h>
+#include <cstdint>
+
+#include "device_compat.cuh"
 
 namespace curvext {
 namespace cuda {

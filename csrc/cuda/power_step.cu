@@ -1,49 +1,18 @@
-// CUDA kernel of curvext::power_step: one thread block per active sample.
+// CUDA launcher of curvext::power_step; the kernel's device code is power_step_kernel.cuh.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
-#include "block_reduce.cuh"
 #include "curvext/checks.h"
+#include "power_step_kernel.cuh"
 
 namespace curvext {
 namespace {
 
-using cuda::block_dot;
-using cuda::block_sum;
-using cuda::kThreads;
-
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-power_step_kernel(const T* V, const T* W, const T* shift, int64_t n, double tol,
-                  T* out, T* theta, T* residual, bool* converged) {
-  __shared__ double scratch[33];
-  const int64_t i = blockIdx.x;
-  const T* x = V + i * n;
-  const T* y = W + i * n;
-  T* o = out + i * n;
-  const double t = block_dot(x, y, n, scratch);
-  const double s = double(shift[i]);
-  double r2 = 0.0, z2 = 0.0;
-  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
-    const double e = double(y[k]) - t * double(x[k]);
-    const double z = double(y[k]) + s * double(x[k]);
-    r2 += e * e;
-    z2 += z * z;
-    o[k] = T(z);
-  }
-  r2 = block_sum(r2, scratch);
-  z2 = block_sum(z2, scratch);
-  const double r = sqrt(r2), nz = sqrt(z2);
-  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) o[k] = nz > 0.0 ? T(double(o[k]) / nz) : x[k];
-  if (threadIdx.x == 0) {
-    theta[i] = T(t);
-    residual[i] = T(r);
-    converged[i] = r <= tol * fabs(t);
-  }
-}
+using kernels::kThreads;
+using kernels::power_step_kernel;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> power_step_cuda(const at::Tensor& v_in,
                                                                            const at::Tensor& w_in,

@@ -1,0 +1,101 @@
+// Device code of curvext::lanczos_step's CUDA kernel (launched by lanczos_step.cu): one thread
+// block per active sample, reorthogonalisation coefficients one basis row per warp, the decisions
+// of curvext/lanczos_rules.h shared with the CPU kernel. Plain device code, so that
+// tests/cuda_emulation runs it on the CPU as well.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "block_reduce.cuh"
+#include "curvext/hash_random.h"
+#include "curvext/lanczos_rules.h"
+
+namespace curvext {
+namespace kernels {
+
+using cuda::block_dot;
+using cuda::block_sum;
+using cuda::kThreads;
+using cuda::warp_sum;
+
+// One classical Gram-Schmidt pass of r against rows Q[0..rows); h (shared) receives Q r.
+template <typename T>
+__device__ void cgs_pass(const T* Q, int rows, int64_t n, T* r, double* h) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int row = warp; row < rows; row += warps) {
+    const T* q = Q + (int64_t)row * n;
+    double s = 0.0;
+    for (int64_t t = lane; t < n; t += 32) s += double(q[t]) * double(r[t]);
+    s = warp_sum(s);
+    if (lane == 0) h[row] = s;
+  }
+  __syncthreads();
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
+    double acc = double(r[t]);
+    for (int row = 0; row < rows; ++row) acc -= h[row] * double(Q[(int64_t)row * n + t]);
+    r[t] = T(acc);
+  }
+  __syncthreads();
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* index,
+                    int* flags, int64_t batch, int64_t rows_per_sample, int64_t n,
+                    int64_t ld, int j, T tol, uint64_t seed) {
+  CURVEXT_DYNAMIC_SHARED(double, shared);
+  double* scratch = shared;     // 33 doubles for block sums
+  double* h = shared + 33;      // j + 1 reorthogonalisation coefficients
+  const int64_t s = index[blockIdx.x];
+  // The CPU kernel raises on an index outside the batch; checking it on the host here would
+  // synchronise, so the device traps instead of touching another sample's memory.
+  CUDA_KERNEL_ASSERT(s >= 0 && s < batch);
+  T* Q = basis + s * rows_per_sample * n;
+  const T* q = Q + (int64_t)j * n;
+  T* r = Q + (int64_t)(j + 1) * n;
+  const T* w = W + (int64_t)blockIdx.x * n;
+  T* al = alpha + s * ld;
+  T* be = beta + s * ld;
+
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) r[t] = w[t];
+  const double applied = sqrt(block_dot(r, r, n, scratch));
+  if (!isfinite(applied)) {
+    if (threadIdx.x == 0) flags[blockIdx.x] = lanczos::kNonFinite;
+    return;
+  }
+  double a = block_dot(q, r, n, scratch);
+  const T bprev = j > 0 ? be[j - 1] : T(0);
+  const T* qprev = j > 0 ? Q + (int64_t)(j - 1) * n : q;
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) r[t] = r[t] - T(a) * q[t] - bprev * qprev[t];
+  __syncthreads();
+  for (int pass = 0; pass < 2; ++pass) {
+    cgs_pass(Q, j + 1, n, r, h);
+    a += h[j];
+    __syncthreads();  // h is rewritten by the next pass
+  }
+  const double b = sqrt(block_dot(r, r, n, scratch));
+  if (!lanczos::is_breakdown<T>(b, applied, tol)) {
+    for (int64_t t = threadIdx.x; t < n; t += blockDim.x) r[t] = T(double(r[t]) / b);
+    if (threadIdx.x == 0) {
+      al[j] = T(a);
+      be[j] = T(b);
+      flags[blockIdx.x] = lanczos::kOk;
+    }
+    return;
+  }
+  const uint64_t key = (uint64_t)(s * 1000003 + j);
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) r[t] = hash_uniform<T>(seed, key, (uint64_t)t);
+  const double drawn = sqrt(block_dot(r, r, n, scratch));
+  for (int pass = 0; pass < 2; ++pass) cgs_pass(Q, j + 1, n, r, h);
+  const double kept = sqrt(block_dot(r, r, n, scratch));
+  const bool usable = lanczos::restart_usable<T>(kept, drawn);
+  for (int64_t t = threadIdx.x; t < n; t += blockDim.x) r[t] = usable ? T(double(r[t]) / kept) : T(0);
+  if (threadIdx.x == 0) {
+    al[j] = T(a);
+    be[j] = T(0);
+    flags[blockIdx.x] = usable ? lanczos::kBreakdown : lanczos::kExhausted;
+  }
+}
+
+}  // namespace kernels
+}  // namespace curvext

@@ -1,0 +1,127 @@
+"""The CUDA kernels' own device code, run on the CPU through tests/cuda_emulation/cuda_shim.h
+(one std::thread per CUDA thread, barriers for __syncthreads and warp shuffles), against the
+CPU kernels: no GPU is needed to catch a wrong index, a missing barrier or a reduction that
+drops a warp in csrc/cuda/*_kernel.cuh. The launch configuration (grid, 256 threads, shared
+memory bytes) is the CUDA launchers'; what cannot be checked here is timing-dependent (a race
+the barriers hide) and the CUDA runtime calls themselves."""
+from __future__ import annotations
+
+import os
+import re
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import curvext
+from curvext import _ops
+from tests.test_lanczos import batched_op, dense_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    from torch.utils.cpp_extension import load
+
+    try:
+        return load(name="curvext_cuda_emulation", sources=[str(ROOT / "tests/cuda_emulation/emulate_kernels.cpp")],
+                    extra_include_paths=[str(ROOT / "csrc/include"), str(ROOT / "csrc/cuda"),
+                                         str(ROOT / "tests/cuda_emulation")],
+                    extra_cflags=["-std=c++20", "-O2"], verbose=False)
+    except (RuntimeError, OSError) as err:  # no C++20 compiler: nothing to emulate with
+        pytest.skip(f"cannot build the CUDA emulation: {str(err).splitlines()[0][:200]}")
+
+
+@pytest.fixture
+def with_emulated_kernels(emulated, monkeypatch):
+    """The drivers call the emulated CUDA kernels in place of the CPU ones."""
+    real = _ops.ops
+    ops = types.SimpleNamespace(lanczos_step=emulated.lanczos_step, power_step=emulated.power_step,
+                                tridiag_eigh=real.tridiag_eigh, ritz_vectors=real.ritz_vectors)
+    monkeypatch.setattr(_ops, "ops", ops)
+
+
+def _raw_step_inputs(dtype, B=5, M=6, n=37, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.zeros(B, M + 1, n, dtype=dtype)
+    basis[:, 0] = torch.nn.functional.normalize(torch.randn(B, n, generator=g, dtype=dtype), dim=1)
+    A = torch.randn(B, n, n, generator=g, dtype=torch.float64)
+    A = (A + A.transpose(1, 2)).to(dtype)
+    return basis, A, torch.zeros(B, M, dtype=dtype), torch.zeros(B, M, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_lanczos_steps_match_the_cpu_kernel(emulated, dtype, tol):
+    """Six fused steps for a subset of samples (index 0, 2, 4) through both kernels."""
+    basis, A, alpha, beta = _raw_step_inputs(dtype)
+    runs = []
+    for step_op in (torch.ops.curvext.lanczos_step, emulated.lanczos_step):
+        Q, a, b = basis.clone(), alpha.clone(), beta.clone()
+        idx = torch.tensor([0, 2, 4])
+        flags = []
+        for j in range(6):
+            w = torch.einsum("bij,bj->bi", A[idx], Q[idx, j])
+            flags.append(step_op(Q, w, a, b, idx, j, 100 * torch.finfo(dtype).eps, 7).tolist())
+        runs.append((Q, a, b, flags))
+    (Qc, ac, bc, fc), (Qe, ae, be, fe) = runs
+    assert fc == fe
+    torch.testing.assert_close(ae, ac, rtol=0, atol=tol)
+    torch.testing.assert_close(be, bc, rtol=0, atol=tol)
+    torch.testing.assert_close(Qe, Qc, rtol=0, atol=10 * tol)
+    assert torch.equal(Qe[[1, 3]], basis[[1, 3]])  # samples outside the index are untouched
+
+
+def test_lanczos_step_flags_breakdown_exhausted_and_nonfinite(emulated):
+    n = 4
+    basis = torch.zeros(3, 3, n, dtype=torch.float64)
+    basis[:, 0, 0] = 1.0
+    alpha, beta = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)
+    w = torch.tensor([[2.0, 0, 0, 0], [1.0, 0, 0, 0], [float("nan"), 0, 0, 0]], dtype=torch.float64)
+    idx = torch.arange(3)
+    results = []
+    for step_op in (torch.ops.curvext.lanczos_step, emulated.lanczos_step):
+        Q, a, b = basis.clone(), alpha.clone(), beta.clone()
+        results.append((step_op(Q, w, a, b, idx, 0, 1e-12, 3), Q, a, b))
+    (fc, Qc, ac, bc), (fe, Qe, ae, be) = results
+    assert fe.tolist() == fc.tolist() and fe.tolist()[0] == 1 and fe.tolist()[2] == 3
+    torch.testing.assert_close(Qe[:2], Qc[:2], rtol=0, atol=1e-12)  # the same restart direction
+    torch.testing.assert_close(ae[:2], ac[:2]) and torch.testing.assert_close(be[:2], bc[:2])
+    # n = 1: no direction left after a breakdown: exhausted.
+    one = torch.ones(1, 2, 1, dtype=torch.float64)
+    flags = emulated.lanczos_step(one.clone(), torch.tensor([[3.0]], dtype=torch.float64),
+                                  torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                                  torch.tensor([0]), 0, 1e-12, 0)
+    assert flags.tolist() == torch.ops.curvext.lanczos_step(
+        one.clone(), torch.tensor([[3.0]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+        torch.zeros(1, 1, dtype=torch.float64), torch.tensor([0]), 0, 1e-12, 0).tolist() == [2]
+
+
+def test_lanczos_driver_on_emulated_kernels(with_emulated_kernels):
+    rng = np.random.default_rng(9)
+    A = dense_batch(rng.standard_normal((4, 60)))
+    v0 = torch.randn(4, 60, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    emulated_result = curvext.lanczos(batched_op(A), v0, k=4, which="BE", tol=1e-10)
+    reference = np.linalg.eigvalsh(A.numpy())
+    want = np.concatenate([reference[:, :2], reference[:, -2:]], axis=1)
+    np.testing.assert_allclose(emulated_result.eigenvalues.numpy(), want, rtol=0, atol=1e-8)
+    assert bool(emulated_result.converged.all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_power_steps_match_the_cpu_kernel(emulated, dtype):
+    g = torch.Generator().manual_seed(2)
+    v = torch.nn.functional.normalize(torch.randn(6, 300, generator=g, dtype=dtype), dim=1)
+    w = torch.randn(6, 300, generator=g, dtype=dtype)
+    shift = torch.randn(6, generator=g, dtype=dtype)
+    v[5] = 0.0  # the zero-norm fallback: the output keeps v
+    w[5] = 0.0
+    shift[5] = 0.0
+    got = emulated.power_step(v, w, shift, 1e-3)
+    want = torch.ops.curvext.power_step(v, w, shift, 1e-3)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for g_, w_ in zip(got[:3], want[:3]):
+        torch.testing.assert_close(g_, w_, rtol=tol, atol=tol)
+    assert torch.equal(got[3], want[3])
