@@ -12,6 +12,7 @@
 #include "curvext/checks.h"
 #include "lanczos_step_kernel.cuh"
 #include "power_step_kernel.cuh"
+#include "tridiag_eigh_kernel.cuh"
 
 namespace {
 
@@ -92,9 +93,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> power_step_emulated(c
   return {out, theta, residual, converged};
 }
 
+std::tuple<at::Tensor, at::Tensor> tridiag_eigh_emulated(const at::Tensor& alpha, const at::Tensor& beta,
+                                                        int64_t mode) {
+  curvext::checks::tridiag_eigh(alpha, beta, mode);
+  auto emulated_launch = [](auto kernel, unsigned blocks, unsigned threads, auto... args) {
+    launch(blocks, threads, 0, [&] { kernel(args...); });
+  };
+  return curvext::kernels::tridiag_eigh_with(alpha.contiguous(), beta.contiguous(), mode, emulated_launch);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lanczos_step", &lanczos_step_emulated, "curvext::lanczos_step's CUDA kernel, emulated on the CPU");
   m.def("power_step", &power_step_emulated, "curvext::power_step's CUDA kernel, emulated on the CPU");
+  m.def("tridiag_eigh", &tridiag_eigh_emulated, "curvext::tridiag_eigh's CUDA kernel and launcher, emulated on the CPU");
 }
