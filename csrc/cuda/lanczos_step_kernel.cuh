@@ -3,6 +3,8 @@
 // of curvext/lanczos_rules.h shared with the CPU kernel. Plain device code, so that
 // tests/cuda_emulation runs it on the CPU as well.
 #pragma once
+#include <ATen/ATen.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -95,6 +97,29 @@ lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* inde
     be[j] = T(0);
     flags[blockIdx.x] = usable ? lanczos::kBreakdown : lanczos::kExhausted;
   }
+}
+
+// The host side of the op on the contiguous-or-not inputs' own device (checked by the caller):
+// the kernel on one block of kThreads threads per active sample, with shared memory for the block
+// sums and the step + 1 Gram-Schmidt coefficients. ``launch(kernel, blocks, threads,
+// shared_bytes, args...)``: cuda::StreamLaunch, or the CPU emulation in tests/cuda_emulation.
+template <typename Launch>
+at::Tensor lanczos_step_with(at::Tensor& basis, const at::Tensor& w_in, at::Tensor& alpha, at::Tensor& beta,
+                             const at::Tensor& index, int64_t step, double breakdown_tol, int64_t seed,
+                             Launch&& launch) {
+  const at::Tensor w = w_in.contiguous();
+  const at::Tensor idx = index.contiguous();
+  const int64_t b = idx.size(0);
+  at::Tensor flags = at::zeros({b}, idx.options().dtype(at::kInt));
+  if (b == 0) return flags;
+  const size_t shared_bytes = (33 + step + 1) * sizeof(double);
+  AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "lanczos_step_kernels", [&] {
+    launch(&lanczos_step_kernel<scalar_t>, (unsigned)b, (unsigned)kThreads, shared_bytes,
+           basis.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
+           beta.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), flags.data_ptr<int>(), basis.size(0),
+           basis.size(1), basis.size(2), alpha.size(1), (int)step, scalar_t(breakdown_tol), (uint64_t)seed);
+  });
+  return flags;
 }
 
 }  // namespace kernels

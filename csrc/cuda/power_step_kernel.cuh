@@ -1,8 +1,11 @@
 // Device code of curvext::power_step's CUDA kernel (launched by power_step.cu): one thread block
 // per active sample. Plain device code, so that tests/cuda_emulation runs it on the CPU as well.
 #pragma once
+#include <ATen/ATen.h>
+
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 
 #include "block_reduce.cuh"
 
@@ -41,6 +44,28 @@ power_step_kernel(const T* V, const T* W, const T* shift, int64_t n, double tol,
     residual[i] = T(r);
     converged[i] = r <= tol * fabs(t);
   }
+}
+
+// The host side of the op (inputs checked by the caller): one block of kThreads threads per
+// sample. ``launch`` as in lanczos_step_with.
+template <typename Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> power_step_with(const at::Tensor& v_in,
+                                                                           const at::Tensor& w_in,
+                                                                           const at::Tensor& shift_in, double tol,
+                                                                           Launch&& launch) {
+  const at::Tensor v = v_in.contiguous(), w = w_in.contiguous(), shift = shift_in.contiguous();
+  const int64_t b = v.size(0), n = v.size(1);
+  at::Tensor out = at::empty_like(v);
+  at::Tensor theta = at::empty({b}, v.options());
+  at::Tensor residual = at::empty({b}, v.options());
+  at::Tensor converged = at::empty({b}, v.options().dtype(at::kBool));
+  if (b == 0) return {out, theta, residual, converged};
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "power_step_kernels", [&] {
+    launch(&power_step_kernel<scalar_t>, (unsigned)b, (unsigned)kThreads, size_t(0), v.data_ptr<scalar_t>(),
+           w.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(), n, tol, out.data_ptr<scalar_t>(),
+           theta.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(), converged.data_ptr<bool>());
+  });
+  return {out, theta, residual, converged};
 }
 
 }  // namespace kernels

@@ -71,8 +71,8 @@ tridiag_kernel(const T* alpha, const T* beta, int n, int mode, T* values, T* b2_
 }
 
 // Eigenvalues (and vectors per mode) of the contiguous (B, n) alpha, (B, n - 1) beta on their own
-// device. ``launch(kernel, blocks, threads, args...)`` runs ``kernel`` on ``blocks`` blocks of
-// ``threads`` threads: a <<<>>> launch on the current stream for CUDA, the emulation on the CPU.
+// device. ``launch(kernel, blocks, threads, shared_bytes, args...)`` runs ``kernel`` on ``blocks``
+// blocks of ``threads`` threads: cuda::StreamLaunch for CUDA, the emulation on the CPU.
 template <typename Launch>
 std::tuple<at::Tensor, at::Tensor> tridiag_eigh_with(const at::Tensor& alpha, const at::Tensor& beta, int64_t mode,
                                                     Launch&& launch) {
@@ -100,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> tridiag_eigh_with(const at::Tensor& alpha, co
     at::Tensor b2 = at::empty({chunk, n}, alpha.options());
     for (int64_t c0 = 0; c0 < B; c0 += chunk) {
       const int64_t cb = std::min(chunk, B - c0);
-      launch(&tridiag_kernel<scalar_t>, (unsigned)cb, (unsigned)threads,
+      launch(&tridiag_kernel<scalar_t>, (unsigned)cb, (unsigned)threads, size_t(0),
              alpha.data_ptr<scalar_t>() + c0 * n, beta.data_ptr<scalar_t>() + c0 * (n - 1), n, (int)mode,
              values.data_ptr<scalar_t>() + c0 * n, b2.data_ptr<scalar_t>(), ws);
       if (mode == 1) {
