@@ -87,8 +87,8 @@ class EvaluationReport:
 
     def table(self) -> str:
         """Markdown table of all rows."""
-        head = ("| attack | success | median norm | score | AUC | acc@best | TPR@5%FPR | recovery | recovery if flagged "
-                "| paired shift |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+        head = ("| attack | success | median norm | score | AUC | acc@best | TPR@5%FPR | recovery "
+                "| recovery if flagged | paired shift |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
         lines = [head]
         for r in self.rows:
             rec = "" if np.isnan(r.recovery) else f"{100 * r.recovery:.1f}%"

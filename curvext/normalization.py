@@ -25,7 +25,8 @@ class Normalized(nn.Module):
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if mean_t.numel() != std_t.numel() or mean_t.numel() == 0:
             raise ValueError(f"mean and std must have the same length >= 1, got {mean!r} and {std!r}")
-        if not bool(torch.isfinite(mean_t).all()) or not bool((std_t > 0).all()) or not bool(torch.isfinite(std_t).all()):
+        finite = bool(torch.isfinite(mean_t).all()) and bool(torch.isfinite(std_t).all())
+        if not finite or not bool((std_t > 0).all()):
             raise ValueError(f"mean must be finite and std positive and finite, got {mean!r} and {std!r}")
         self.model = model
         self.register_buffer("mean", mean_t.view(1, -1, 1, 1))
@@ -33,7 +34,8 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean.shape[1] not in (1, x.shape[1]):
-            raise ValueError(f"Normalized has {self.mean.shape[1]} channel statistics, the images {x.shape[1]} channels")
+            raise ValueError(f"Normalized has {self.mean.shape[1]} channel statistics, "
+                             f"the images {x.shape[1]} channels")
         return self.model((x - self.mean) / self.std)
 
 

@@ -22,11 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=("digits", "mnist", "folder"), default="digits",
                    help="digits ships with scikit-learn; mnist needs --data-dir (IDX files); folder: every image "
                         "file in --data-dir, labelled by each model's own prediction")
-    p.add_argument("--data-dir", default=None, help="folder of MNIST IDX files (e.g. ../shared/data/mnist) or of images")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of MNIST IDX files (e.g. ../shared/data/mnist) or of images")
     add_folder_arguments(p)
     p.add_argument("--model", default="lenet", help="zoo architectures, comma separated (lenet,nin)")
     p.add_argument("--activation", default="relu", help="relu, smooth or both (comma separated)")
-    p.add_argument("--checkpoint", default=None, help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
+    p.add_argument("--checkpoint", default=None,
+                   help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
     p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
     add_normalize_argument(p)
     p.add_argument("--images", type=positive_int, default=300, help="test images to use")

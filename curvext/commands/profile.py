@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
     add_folder_arguments(p, image_size=28)
     p.add_argument("--model", default="lenet", help="zoo architecture (lenet, nin)")
     p.add_argument("--activation", default="smooth", choices=("relu", "smooth"))
-    p.add_argument("--checkpoint", default=None, help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
+    p.add_argument("--checkpoint", default=None,
+                   help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
     p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
     add_normalize_argument(p)
     p.add_argument("--images", type=positive_int, default=64)
@@ -75,7 +76,8 @@ def run(args) -> int:
     from curvext.cache_keys import model_digest, settings_key, tensor_digest
 
     if args.dataset == "folder" and not args.checkpoint:
-        raise SystemExit("curvext profile: --dataset folder needs --checkpoint (the zoo trains on digits or MNIST only)")
+        raise SystemExit("curvext profile: --dataset folder needs --checkpoint "
+                         "(the zoo trains on digits or MNIST only)")
     device = resolve_device(args.device)
     refuse_normalize_without_checkpoint(args, "profile")
     shard = args.shard or shard_from_env()

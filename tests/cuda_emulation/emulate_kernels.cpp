@@ -80,5 +80,6 @@ std::tuple<at::Tensor, at::Tensor> tridiag_eigh_emulated(const at::Tensor& alpha
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lanczos_step", &lanczos_step_emulated, "curvext::lanczos_step's CUDA kernel, emulated on the CPU");
   m.def("power_step", &power_step_emulated, "curvext::power_step's CUDA kernel, emulated on the CPU");
-  m.def("tridiag_eigh", &tridiag_eigh_emulated, "curvext::tridiag_eigh's CUDA kernel and launcher, emulated on the CPU");
+  m.def("tridiag_eigh", &tridiag_eigh_emulated,
+        "curvext::tridiag_eigh's CUDA kernel and launcher, emulated on the CPU");
 }
