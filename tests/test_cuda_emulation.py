@@ -99,6 +99,14 @@ def test_lanczos_step_flags_breakdown_exhausted_and_nonfinite(emulated):
         torch.zeros(1, 1, dtype=torch.float64), torch.tensor([0]), 0, 1e-12, 0).tolist() == [2]
 
 
+def test_an_index_outside_the_batch_is_the_kernels_device_assert(emulated):
+    basis, A, alpha, beta = _raw_step_inputs(torch.float64, B=2)
+    w = torch.randn(1, basis.shape[2], dtype=torch.float64)
+    # The host side does not read the index (that would synchronise on a GPU): the kernel traps.
+    with pytest.raises(RuntimeError, match=r"device assert failed: s >= 0 && s < batch"):
+        emulated.lanczos_step(basis, w, alpha, beta, torch.tensor([5]), 0, 1e-12, 0)
+
+
 def test_lanczos_driver_on_emulated_kernels(with_emulated_kernels):
     rng = np.random.default_rng(9)
     A = dense_batch(rng.standard_normal((4, 60)))

@@ -24,7 +24,9 @@ struct StreamLaunch {
       TORCH_CHECK(shared_bytes <= (size_t)optin, "a curvext CUDA kernel needs ", shared_bytes,
                   " bytes of shared memory per block; this device allows ", optin,
                   " (lanczos_step: at most ", optin / 8 - 34, " steps)");
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared_bytes));
+      // The device's whole opt-in, not this launch's size: the attribute is global to the kernel,
+      // and a smaller setting from another host thread must not undercut a launch in flight.
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
     }
     kernel<<<blocks, threads, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(args...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

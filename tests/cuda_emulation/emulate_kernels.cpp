@@ -2,10 +2,11 @@
 // the CUDA launchers csrc/cuda/<op>.cu call) on CPU tensors, with a CPU launch in place of
 // cuda::StreamLaunch, so the tests can put them in place of the real ops and compare with the
 // CPU kernels.
-#include "cuda_shim.h"  // first: the kernels see the emulated CUDA names
-
 #include <torch/extension.h>
 
+#include "cuda_shim.h"  // after torch (its CUDA_KERNEL_ASSERT), before the kernels
+
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -23,12 +24,21 @@ struct EmulatedLaunch {
   template <typename... Params, typename... Args>
   void operator()(void (*kernel)(Params...), unsigned blocks, unsigned threads, size_t shared_bytes,
                   Args... args) const {
-    TORCH_CHECK(threads % 32 == 0, "emulated launch: whole warps only");
+    TORCH_CHECK(threads % 32 == 0 && threads >= 32 && threads <= 1024,
+                "emulated launch: CUDA blocks hold whole warps, at most 1024 threads; got ", threads);
+    TORCH_CHECK(shared_bytes % sizeof(double) == 0, "emulated launch: shared_bytes ", shared_bytes,
+                " is not a whole number of doubles");
+    TORCH_CHECK(shared_bytes <= 227 * 1024, "emulated launch: ", shared_bytes,
+                " bytes of shared memory exceed the largest opt-in of current GPUs (227 KB)");
+    constexpr size_t kGuard = 64;  // doubles after the launch's shared memory that must stay untouched
+    const size_t words = shared_bytes / sizeof(double);
+    const double nan = std::numeric_limits<double>::quiet_NaN();
     curvext_emu::block_dim = dim3{threads, 1, 1};
-    curvext_emu::dynamic_shared.assign(shared_bytes / sizeof(double) + 1, 0.0);
     curvext_emu::warp_slots.assign(threads, 0.0);
     for (unsigned b = 0; b < blocks; ++b) {
       curvext_emu::block_idx = dim3{b, 1, 1};
+      curvext_emu::dynamic_shared.assign(words + kGuard, nan);  // fresh, poisoned shared memory per block
+      curvext_emu::static_shared.clear();
       curvext_emu::block_barrier = std::make_unique<std::barrier<>>(threads);
       curvext_emu::warp_barriers.clear();
       for (unsigned w = 0; w < threads / 32; ++w)
@@ -51,6 +61,11 @@ struct EmulatedLaunch {
       }
       for (auto& th : pool) th.join();
       if (error) std::rethrow_exception(error);
+      const double* guard = curvext_emu::dynamic_shared.data() + words;
+      for (size_t i = 0; i < kGuard; ++i) {
+        TORCH_CHECK(std::isnan(guard[i]), "emulated launch: block ", b, " wrote past its ", shared_bytes,
+                    " bytes of dynamic shared memory");
+      }
     }
   }
 };
