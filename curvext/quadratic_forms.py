@@ -36,6 +36,8 @@ import warnings
 import torch
 from torch.func import jvp, vjp, vmap
 
+from curvext import taylor_mode
+
 with warnings.catch_warnings():
     # torch's own forward-mode decompositions call the deprecated torch.jit.script when first
     # loaded by jvp: a FutureWarning about torch internals that users of curvext cannot act on.
@@ -117,6 +119,31 @@ def logit_quadratic_forms(model, x: torch.Tensor, V: torch.Tensor, method: str, 
             q = (dplus - dminus) / (2 * h)
         out.append(q.reshape(B, t, -1))
     return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def logit_quadratic_form_sums(model, x: torch.Tensor, V: torch.Tensor, method: str, h: float,
+                              max_rows: int = 4096) -> torch.Tensor:
+    """``(B, L)``: ``logit_quadratic_forms(...).sum(dim=1)``, each logit's ``sum_j v_j^T H v_j``.
+
+    With ``"autograd"`` and a model that :mod:`curvext.taylor_mode` can run, the sum over the
+    directions is carried as one collapsed second-order row (T + 1 rows per image instead of
+    forward-over-forward's 3 T: 3-4x faster on the zoo CNNs); chunks of directions keep
+    ``(directions + 1) * B`` rows within ``max_rows``. Other models and methods sum
+    :func:`logit_quadratic_forms`.
+    """
+    plan = taylor_mode.plan_for(model) if method == "autograd" else None
+    if plan is None:
+        return logit_quadratic_forms(model, x, V, method, h, max_rows).sum(dim=1)
+    B, T = x.shape[0], V.shape[0]
+    chunk = max(1, max_rows // max(B, 1) - 1)
+    total = None
+    for j0 in range(0, T, chunk):
+        v = V[j0 : j0 + chunk]
+        pairs = taylor_mode.Pairs(1, squares=(slice(0, v.shape[0]), 0))
+        part = taylor_mode.second_order_sums(plan, x, v.unsqueeze(1), pairs)[0]
+        total = part if total is None else total + part
+    return total
 
 
 def _second_directional_rows(model, xs: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:
@@ -263,7 +290,7 @@ def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: t
                                 "mixed second derivatives")  # (B*K, L)
     pred_rows = predicted.repeat_interleave(K)
     bilinear = mixed[rows, cls.reshape(-1)] - mixed[rows, pred_rows]  # n^T H_i (s n - 2 w)
-    q_logits = logit_quadratic_forms(model, x, V, method, h, max_rows).sum(dim=1)  # (B, L)
+    q_logits = logit_quadratic_form_sums(model, x, V, method, h, max_rows)  # (B, L)
     q = q_logits.gather(1, cls) - q_logits.gather(1, predicted.view(B, 1))  # (B, K)
     return (q + bilinear.reshape(B, K)) / gnorm.reshape(B, K)
 

@@ -1,0 +1,227 @@
+"""curvext.taylor_mode: collapsed second-order sums against dense float64 Hessians."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from curvext import taylor_mode
+from curvext.quadratic_forms import (_second_directional_derivatives, class_curvature_sums, logit_quadratic_form_sums,
+                                     logit_quadratic_forms)
+from curvext.zoo import LeNet, NiN
+
+
+class EveryRule(nn.Module):
+    """Touches every rule: affine input scaling by buffers (get_attr), convolution, eval-mode batch
+    norm, element-wise modules and functions (with a keyword constant), a residual sum of two carried
+    values, a product of two carried values, a power, average and max pooling, a view sized by
+    ``size()``, concatenation, a mean and a linear layer."""
+
+    def __init__(self, classes: int = 4):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(0.2))
+        self.register_buffer("std", torch.tensor(0.7))
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(1, 3, 3, padding=1)  # so that the product's factors have unrelated tangents
+        self.bn = nn.BatchNorm2d(3)
+        self.act = nn.Softplus(beta=2.0)
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(3 * 3 * 3 + 1, classes)
+        with torch.no_grad():  # non-trivial running statistics
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        z = (x - self.mean) / self.std
+        a = self.act(self.bn(self.conv(z)))
+        b = torch.tanh(self.conv2(z)) + a  # residual sum of two carried values
+        c = a * F.silu(b) + 0.3 * b ** 2  # product rule and an element-wise power
+        p = F.max_pool2d(self.pool(c), 1)
+        flat = p.view(p.size(0), -1)
+        flat = torch.cat([flat, flat.mean(1, keepdim=True)], dim=1)
+        return self.fc(F.gelu(flat))
+
+
+def dense_hessians(model, x):
+    """``(B, L, d, d)`` float64 Hessians of every logit with respect to each image."""
+    out = []
+    for b in range(x.shape[0]):
+        def logits(z):
+            return model(z.reshape(1, *x.shape[1:]))[0]
+
+        # Reverse over reverse (SiLU has no forward-over-forward rule).
+        out.append(torch.func.jacrev(torch.func.jacrev(logits))(x[b].reshape(-1)))
+    return torch.stack(out)
+
+
+def unit_rows(count, shape, dtype=torch.float64):
+    return F.normalize(torch.randn(count, int(torch.tensor(shape).prod()), dtype=dtype), dim=1).reshape(count, *shape)
+
+
+@pytest.fixture
+def every_rule():
+    return EveryRule().double().eval()
+
+
+def test_plan_covers_every_rule(every_rule):
+    plan = taylor_mode.plan_for(every_rule)
+    assert plan is not None
+    kinds = {step.kind for step in plan.steps}
+    assert {"input", "attr", "shape", "linear", "elementwise", "product", "output"} <= kinds
+
+
+def test_laplacian_sums_match_dense_hessian(every_rule):
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64)
+    V = unit_rows(5, x.shape[1:])
+    H = dense_hessians(every_rule, x)  # (B, L, d, d)
+    Vf = V.reshape(5, -1)
+    expected = torch.einsum("jd,blde,je->bl", Vf, H, Vf)
+    pairs = taylor_mode.Pairs(1, squares=(slice(0, 5), 0))
+    got = taylor_mode.second_order_sums(taylor_mode.plan_for(every_rule), x, V.unsqueeze(1), pairs)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_mixed_and_squared_targets_in_one_pass(every_rule):
+    """Per-image tangents: target 0 sums two squares, targets 1 and 2 are mixed derivatives."""
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64)
+    t = unit_rows(2 * 4, x.shape[1:]).reshape(4, 2, *x.shape[1:])  # rows 0,1: squares; 2,3: one pair
+    pairs = taylor_mode.Pairs(3, squares=(slice(0, 2), 0), products=(slice(2, 3), slice(3, 4), slice(1, 2)))
+    got = taylor_mode.second_order_sums(taylor_mode.plan_for(every_rule), x, t, pairs)
+    H = dense_hessians(every_rule, x)
+    tf = t.reshape(4, 2, -1)
+
+    def form(a, b):
+        return torch.einsum("bd,blde,be->bl", tf[a], H, tf[b])
+
+    torch.testing.assert_close(got[0], form(0, 0) + form(1, 1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[1], form(2, 3), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[2], torch.zeros_like(got[2]), rtol=0, atol=0)  # no pair feeds it
+
+
+@pytest.mark.parametrize("architecture", [LeNet, NiN])
+def test_zoo_models_match_forward_over_forward(architecture):
+    model = architecture(1, 8, 10, "smooth").double().eval()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    V = unit_rows(6, x.shape[1:])
+    expected = _second_directional_derivatives(model, x, V).sum(dim=1)
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0), expected,
+                               rtol=1e-10, atol=1e-13)
+    # Chunks of directions (max_rows) add up to the same sums.
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0, max_rows=9), expected,
+                               rtol=1e-10, atol=1e-13)
+
+
+def test_inplace_relu_with_a_residual_keeps_the_primal():
+    """torchvision-style blocks: ReLU(inplace=True) on a value nothing else reads is computed out
+    of place; the residual branch still sees its own input."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+            self.relu = nn.ReLU(inplace=True)
+            self.head = nn.Linear(2 * 5 * 5, 3)
+
+        def forward(self, x):
+            y = torch.tanh(x)
+            out = self.relu(self.conv1(y))
+            out = F.softplus(self.conv2(out)) + y
+            return self.head(out.flatten(1))
+
+    model = Block().double().eval()
+    x = torch.rand(2, 2, 5, 5, dtype=torch.float64)
+    V = unit_rows(3, x.shape[1:])
+    assert taylor_mode.plan_for(model) is not None
+    expected = _second_directional_derivatives(model, x, V).sum(dim=1)
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0), expected,
+                               rtol=1e-10, atol=1e-13)
+
+
+class Softmaxed(nn.Module):
+    def forward(self, x):
+        return torch.softmax(x.flatten(1), dim=1)
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x.flatten(1) if x.sum() > 0 else -x.flatten(1)
+
+
+class TwoOutputs(nn.Module):
+    def forward(self, x):
+        return x.flatten(1), x.flatten(1)
+
+
+class InplaceReused(nn.Module):
+    def forward(self, x):
+        y = x.flatten(1) * 2
+        z = F.relu(y, inplace=True)
+        return z + y  # eager: y was overwritten; out-of-place rules would differ
+
+
+class InplaceMethod(nn.Module):
+    def forward(self, x):
+        return x.flatten(1).tanh_()
+
+
+class Normed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.norm(x.flatten(1))
+
+
+@pytest.mark.parametrize("model", [Softmaxed(), DataDependent(), TwoOutputs(), InplaceReused(), InplaceMethod(),
+                                   Normed()], ids=lambda m: type(m).__name__)
+def test_models_without_rules_get_no_plan_and_fall_back(model, caplog):
+    model.double().eval()
+    with caplog.at_level(logging.INFO, logger="curvext.taylor_mode"):
+        assert taylor_mode.build_plan(model) is None
+    assert caplog.records, "the reason is logged"
+    x = torch.rand(2, 1, 2, 2, dtype=torch.float64) + 0.1
+    V = unit_rows(3, x.shape[1:])
+    if not isinstance(model, (DataDependent, TwoOutputs, InplaceReused, InplaceMethod)):
+        # The fallback still answers: forward-over-forward mode.
+        torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
+                                   logit_quadratic_forms(model, x, V, "autograd", 0.0).sum(dim=1))
+
+
+def test_batch_norm_in_training_mode_disables_the_plan():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).eval()
+    assert taylor_mode.plan_for(model) is not None
+    model.train()
+    assert taylor_mode.plan_for(model) is None
+    model.eval()
+    assert taylor_mode.plan_for(model) is not None
+
+
+def test_a_users_own_function_named_like_a_torch_op_gets_no_rule():
+    def relu(t):  # not torch's: a quadratic, whose second derivative a ReLU rule would drop
+        return t * t
+
+    class Own(nn.Module):
+        def forward(self, x):
+            return relu(x.flatten(1))
+
+    assert taylor_mode.build_plan(Own()) is not None  # traced through: t * t is a product
+    x = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+    V = unit_rows(3, x.shape[1:])
+    torch.testing.assert_close(logit_quadratic_form_sums(Own(), x, V, "autograd", 0.0),
+                               2 * (V.reshape(3, -1) ** 2).sum(0).expand(2, 4))
+
+
+def test_detector_sums_are_the_same_without_the_plan(monkeypatch):
+    model = NiN(1, 8, 10, "smooth").double().eval()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    pred = model(x).argmax(1)
+    cls = torch.stack([torch.tensor([c for c in range(10) if c != p][:4]) for p in pred.tolist()])
+    V = unit_rows(5, x.shape[1:])
+    with_plan = class_curvature_sums(model, x, cls, pred, V, "autograd", 0.0)
+    monkeypatch.setattr(taylor_mode, "plan_for", lambda m: None)
+    torch.testing.assert_close(with_plan, class_curvature_sums(model, x, cls, pred, V, "autograd", 0.0),
+                               rtol=1e-10, atol=1e-13)
