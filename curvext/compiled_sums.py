@@ -20,6 +20,7 @@ import warnings
 
 import torch
 
+from curvext import taylor_mode
 from curvext.quadratic_forms import class_curvature_sums
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,14 @@ class CompiledCurvatureSums:
     def __init__(self, model: torch.nn.Module, batch_size: int):
         self.model = model
         self.batch_size = batch_size
+        # Looked up now, eagerly, and passed in: tracing with torch.fx inside the compiler would break
+        # its graph, and a lookup in the plan cache would put that cache into the compiled code's guards.
+        self._taylor = taylor_mode.plan_for(model) or False
         self._compiled = torch.compile(self._eager, dynamic=False)
         self.failed = False
 
     def _eager(self, x, cls, predicted, V):
-        return class_curvature_sums(self.model, x, cls, predicted, V, "autograd", 0.0)
+        return class_curvature_sums(self.model, x, cls, predicted, V, "autograd", 0.0, taylor=self._taylor)
 
     def __call__(self, x, cls, predicted, V):
         if self.failed:

@@ -123,16 +123,22 @@ def logit_quadratic_forms(model, x: torch.Tensor, V: torch.Tensor, method: str, 
 
 @torch.no_grad()
 def logit_quadratic_form_sums(model, x: torch.Tensor, V: torch.Tensor, method: str, h: float,
-                              max_rows: int = 4096) -> torch.Tensor:
+                              max_rows: int = 4096, taylor: "bool | taylor_mode.Plan" = True) -> torch.Tensor:
     """``(B, L)``: ``logit_quadratic_forms(...).sum(dim=1)``, each logit's ``sum_j v_j^T H v_j``.
 
     With ``"autograd"`` and a model that :mod:`curvext.taylor_mode` can run, the sum over the
     directions is carried as one collapsed second-order row (T + 1 rows per image instead of
     forward-over-forward's 3 T: 3-4x faster on the zoo CNNs); chunks of directions keep
     ``(directions + 1) * B`` rows within ``max_rows``. Other models and methods sum
-    :func:`logit_quadratic_forms`.
+    :func:`logit_quadratic_forms`. ``taylor``: True looks the model's plan up, False never uses
+    one, a :class:`~curvext.taylor_mode.Plan` is used as given (code compiled by ``torch.compile``
+    passes it: a lookup in the plan cache would put the cache into the compiler's guards).
     """
-    plan = taylor_mode.plan_for(model) if method == "autograd" else None
+    plan = None
+    if method == "autograd" and taylor is not False:
+        plan = taylor_mode.plan_for(model) if taylor is True else taylor
+        if plan is not None and not plan.usable():
+            plan = None
     if plan is None:
         return logit_quadratic_forms(model, x, V, method, h, max_rows).sum(dim=1)
     B, T = x.shape[0], V.shape[0]
@@ -263,7 +269,8 @@ def class_curvatures(model, x: torch.Tensor, cls: torch.Tensor, predicted: torch
 
 
 def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: torch.Tensor,
-                         V: torch.Tensor, method: str, h: float, max_rows: int = 4096) -> torch.Tensor:
+                         V: torch.Tensor, method: str, h: float, max_rows: int = 4096,
+                         taylor: "bool | taylor_mode.Plan" = True) -> torch.Tensor:
     """``(B, K)``: ``class_curvatures(...).sum(dim=2)``, the curvature of each class summed over
     the T directions, which is all Algorithm 2 needs. Summing first,
 
@@ -272,7 +279,8 @@ def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: t
 
     so with ``"autograd"`` the tangent projection costs one *mixed* second derivative per class
     (forward-over-forward with the two tangents n and s n - 2 w, vmapped over the classes) instead
-    of a Hessian-vector product (forward-over-reverse). fd/fd2 use :func:`class_curvatures`.
+    of a Hessian-vector product (forward-over-reverse), and the sums ``v_j^T H v_j`` come from
+    :func:`logit_quadratic_form_sums` (``taylor`` as there). fd/fd2 use :func:`class_curvatures`.
     """
     if method != "autograd":
         return class_curvatures(model, x, cls, predicted, V, method, h, max_rows).sum(dim=2)
@@ -290,7 +298,7 @@ def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: t
                                 "mixed second derivatives")  # (B*K, L)
     pred_rows = predicted.repeat_interleave(K)
     bilinear = mixed[rows, cls.reshape(-1)] - mixed[rows, pred_rows]  # n^T H_i (s n - 2 w)
-    q_logits = logit_quadratic_form_sums(model, x, V, method, h, max_rows)  # (B, L)
+    q_logits = logit_quadratic_form_sums(model, x, V, method, h, max_rows, taylor)  # (B, L)
     q = q_logits.gather(1, cls) - q_logits.gather(1, predicted.view(B, 1))  # (B, K)
     return (q + bilinear.reshape(B, K)) / gnorm.reshape(B, K)
 

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.fx.node import map_aggregate
 from torch.func import grad, jvp, vmap
 
 logger = logging.getLogger(__name__)
@@ -124,10 +123,59 @@ class Pairs:
 
 
 @dataclass(frozen=True)
+class _Ref:
+    """A node's value in the argument templates of :class:`_Step`."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class _Step:
-    node: torch.fx.Node
+    name: str  # the fx node's name, op and target
+    op: str
+    target: object
     kind: str  # "input", "attr", "plain", "shape", "linear", "elementwise", "product", "output"
     frees: tuple[str, ...]  # env entries last used by this step
+    # node.args and node.kwargs with _Ref for nodes, the keywords as (names, values): plain Python
+    # that torch.compile traces (it skips torch.fx's helpers and dict iterators).
+    args: tuple = ()
+    kwarg_names: tuple[str, ...] = ()
+    kwarg_values: tuple = ()
+
+
+def _template(tree):
+    """``tree`` (nested tuples, lists, dicts) with every fx node replaced by a :class:`_Ref`."""
+    if isinstance(tree, torch.fx.Node):
+        return _Ref(tree.name)
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_template(a) for a in tree)
+    if isinstance(tree, dict):
+        raise TypeError("keyword arguments are templated as (name, value) pairs")
+    return tree
+
+
+def _filled(tree, env):
+    if isinstance(tree, _Ref):
+        return env[tree.name]
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_filled(a, env) for a in tree)
+    return tree
+
+
+def _mapped(tree, fn):
+    """``tree`` with ``fn`` applied to every :class:`Jet` in it."""
+    if isinstance(tree, Jet):
+        return fn(tree)
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_mapped(a, fn) for a in tree)
+    if isinstance(tree, dict):
+        return {k: _mapped(v, fn) for k, v in tree.items()}
+    return tree
+
+
+def module_signature(model: nn.Module) -> tuple:
+    """Names and classes of every module: what a plan's choice of rules depends on."""
+    return tuple((name, type(m)) for name, m in model.named_modules())
 
 
 class Plan:
@@ -137,28 +185,33 @@ class Plan:
         self._model = weakref.ref(model)
         self.steps = steps
         self._stateful = stateful  # modules affine only in eval mode
+        self.signature = module_signature(model)  # the rules were chosen for these module classes
 
     def usable(self) -> bool:
-        return self._model() is not None and not any(m.training for m in self._stateful)
+        """False once the model is gone or a module was replaced by one of another class, and while
+        a batch-norm or dropout layer is in training mode."""
+        model = self._model()
+        return (model is not None and module_signature(model) == self.signature
+                and not any(m.training for m in self._stateful))
+
 
     def run(self, x: torch.Tensor, first: torch.Tensor, pairs: Pairs) -> Jet:
         """Carry ``x (B, *shape)`` and tangent rows ``first (R, B, *shape)`` through the graph."""
         model = self._model()
         env: dict[str, object] = {}
         for step in self.steps:
-            node = step.node
             if step.kind == "input":
                 rows = torch.cat([first.expand(first.shape[0], *x.shape), x.new_zeros((pairs.count,) + x.shape)])
-                env[node.name] = Jet(x, rows, first.shape[0])
+                env[step.name] = Jet(x, rows, first.shape[0])
             elif step.kind == "attr":
-                env[node.name] = _attribute(model, node.target)
+                env[step.name] = _attribute(model, step.target)
             elif step.kind == "output":
-                return env[node.args[0].name]
+                return _filled(step.args, env)[0]
             else:
-                fn = _callable(model, node)
-                args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
-                kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
-                env[node.name] = _RULES[step.kind](fn, args, kwargs, pairs)
+                fn = _callable(model, step)
+                args = _filled(step.args, env)
+                kwargs = dict(zip(step.kwarg_names, _filled(step.kwarg_values, env)))
+                env[step.name] = _RULES[step.kind](fn, args, kwargs, pairs)
             for name in step.frees:
                 env.pop(name, None)
         raise RuntimeError("graph without output")  # fx graphs always end in one
@@ -171,28 +224,28 @@ def _attribute(model: nn.Module, target: str):
     return obj
 
 
-def _callable(model: nn.Module, node: torch.fx.Node):
-    if node.op == "call_module":
-        return model.get_submodule(node.target)
-    if node.op == "call_method":
-        return lambda self, *a, **k: getattr(self, node.target)(*a, **k)
-    return node.target
+def _callable(model: nn.Module, step: _Step):
+    if step.op == "call_module":
+        return model.get_submodule(step.target)
+    if step.op == "call_method":
+        return lambda self, *a, **k: getattr(self, step.target)(*a, **k)
+    return step.target
 
 
 def _primals(tree):
-    return map_aggregate(tree, lambda a: a.primal if isinstance(a, Jet) else a)
+    return _mapped(tree, lambda j: j.primal)
 
 
 def _jets(tree) -> list[Jet]:
     found: list[Jet] = []
-    map_aggregate(tree, lambda a: found.append(a) if isinstance(a, Jet) else None)
+    _mapped(tree, found.append)
     return found
 
 
 def _substituted(tree, values):
     """``tree`` with its Jets replaced, in order, by ``values``."""
     it = iter(values)
-    return map_aggregate(tree, lambda a: next(it) if isinstance(a, Jet) else a)
+    return _mapped(tree, lambda j: next(it))
 
 
 def _plain(fn, args, kwargs, pairs):
@@ -359,7 +412,9 @@ def build_plan(model: nn.Module) -> Plan | None:
     frees: list[list[str]] = [[] for _ in nodes]
     for name, i in last_use.items():
         frees[i].append(name)
-    steps = [_Step(node, kind, tuple(frees[i])) for i, (node, kind) in enumerate(zip(nodes, kinds))]
+    steps = [_Step(node.name, node.op, node.target, kind, tuple(frees[i]), _template(node.args), tuple(node.kwargs),
+                   _template(tuple(node.kwargs.values())))
+             for i, (node, kind) in enumerate(zip(nodes, kinds))]
     return Plan(model, steps, stateful)
 
 
@@ -368,15 +423,18 @@ def _no_plan(model: nn.Module, why: str) -> None:
     return None
 
 
-_PLANS: "weakref.WeakKeyDictionary[nn.Module, Plan | None]" = weakref.WeakKeyDictionary()
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Plan | None]]" = weakref.WeakKeyDictionary()
 
 
 def plan_for(model: nn.Module) -> Plan | None:
-    """The cached plan of ``model`` (built on first use), or None if it has none or cannot use it
-    now (a batch-norm or dropout layer in training mode)."""
-    if model not in _PLANS:
-        _PLANS[model] = build_plan(model)
-    plan = _PLANS[model]
+    """The cached plan of ``model`` (built on first use, and again after a module was replaced by
+    one of another class), or None if it has none or cannot use it now (a batch-norm or dropout
+    layer in training mode)."""
+    signature = module_signature(model)
+    cached = _PLANS.get(model)
+    if cached is None or cached[0] != signature:
+        cached = _PLANS[model] = (signature, build_plan(model))
+    plan = cached[1]
     return plan if plan is not None and plan.usable() else None
 
 

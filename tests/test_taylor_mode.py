@@ -200,6 +200,21 @@ def test_batch_norm_in_training_mode_disables_the_plan():
     assert taylor_mode.plan_for(model) is not None
 
 
+def test_a_replaced_module_gets_a_new_plan():
+    """The rules were chosen per module class: swapping an activation for a normalisation layer
+    must not keep the element-wise rule."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Softplus(), nn.Linear(4, 3)).double().eval()
+    x = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+    V = unit_rows(3, x.shape[1:])
+    assert taylor_mode.plan_for(model) is not None
+    model[2] = nn.LayerNorm(4).double()
+    assert taylor_mode.plan_for(model) is None
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
+                               logit_quadratic_forms(model, x, V, "autograd", 0.0).sum(dim=1))
+    model[2] = nn.Tanh()
+    assert taylor_mode.plan_for(model) is not None
+
+
 def test_a_users_own_function_named_like_a_torch_op_gets_no_rule():
     def relu(t):  # not torch's: a quadratic, whose second derivative a ReLU rule would drop
         return t * t
