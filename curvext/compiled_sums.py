@@ -2,11 +2,12 @@
 
 ``CurvatureDetector(method="autograd", compile=True)`` scores its groups of images with a
 compiled :func:`curvext.quadratic_forms.class_curvature_sums`. The compiler fuses the element-wise
-work of the forward-over-forward passes (activations and their first and second derivatives
-along every direction), which eager PyTorch runs as separate kernels. Measured on two CPU cores
-(``BENCHMARKS.md``): 1.4-2.1x on the MNIST LeNet and 1.3-1.5x on the NiN, for a one-off compilation of
-20-40 s per model. It pays over long sweeps, not for a few images. Results equal the eager ones
-to rounding (float32: 2e-7 relative on the LeNet, 1e-5 on the NiN).
+work of the second-order passes (activations and their first and second derivatives along every
+direction and class), which eager PyTorch runs as separate kernels. Measured on two CPU cores
+(``BENCHMARKS.md``): 1.7-1.8x on the MNIST LeNet and 1.2-1.5x on the NiN, for a one-off
+compilation of 5-40 s per model. It pays over long sweeps, not for a few images. Results equal
+the eager ones to rounding (float32: 2e-7 relative on the LeNet, 1e-5 on the NiN). The model's
+:mod:`curvext.taylor_mode` plan is looked up before compiling and passed in.
 
 Every call sees the same shapes: a last, smaller group is padded with copies of its last image
 (and the padding's results dropped), so the function compiles once. If compilation fails (no C++

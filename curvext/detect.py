@@ -132,8 +132,8 @@ class CurvatureDetector:
             throughput of 128 for the MNIST NiN with fd2) and a ResNet-50's second-order passes
             within a GPU's memory.
         compile: score with a ``torch.compile``d function (``method="autograd"`` with the
-            Hutchinson estimator only): 1.3-2.1x on the MNIST zoo models on a CPU after a
-            one-off compilation of 20-40 s; see :mod:`curvext.compiled_sums`.
+            Hutchinson estimator only): 1.2-1.8x on the MNIST zoo models on a CPU after a
+            one-off compilation of 5-40 s; see :mod:`curvext.compiled_sums`.
     """
 
     def __init__(self, model: torch.nn.Module, *, num_directions: int = 16, classes: int | None = None,

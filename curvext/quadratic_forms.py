@@ -11,7 +11,8 @@ region), with the cost of the *sum* of classes and directions, not their product
 where ``v^T H_f v`` for every logit at once comes from one second-order directional derivative
 per direction, and ``H_i n_i`` from one Hessian-vector product per class. Algorithm 2 needs only
 the sums over the directions, :func:`class_curvature_sums`, which replaces the product by one
-mixed second derivative per class.
+mixed second derivative per class and, with ``"autograd"``, takes ``sum_j v_j^T H_f v_j`` from
+:mod:`curvext.taylor_mode` (one collapsed second-order row instead of one per direction).
 
 Methods (how second derivatives are measured):
 
