@@ -47,6 +47,8 @@ class CompiledCurvatureSums:
     def __call__(self, x, cls, predicted, V):
         if self.failed:
             return self._eager(x, cls, predicted, V)
+        if self._taylor is not False and not self._taylor.checked:  # eagerly, before the first compilation
+            self._taylor = taylor_mode.checked(self._taylor, x) or False
         b = x.shape[0]
         pad = self.batch_size - b
         if pad > 0:  # one shape for every group: no recompilation for the last one

@@ -138,8 +138,12 @@ def logit_quadratic_form_sums(model, x: torch.Tensor, V: torch.Tensor, method: s
     plan = None
     if method == "autograd" and taylor is not False:
         plan = taylor_mode.plan_for(model) if taylor is True else taylor
+        if plan is not None and not plan.belongs_to(model):
+            raise ValueError("taylor: the plan was built for another model")
         if plan is not None and not plan.usable():
             plan = None
+        if plan is not None and not plan.checked and not torch.compiler.is_compiling():
+            plan = taylor_mode.checked(plan, x)  # once per plan: the walk's output is the model's
     if plan is None:
         return logit_quadratic_forms(model, x, V, method, h, max_rows).sum(dim=1)
     B, T = x.shape[0], V.shape[0]

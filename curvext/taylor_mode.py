@@ -54,7 +54,7 @@ _EVAL_LINEAR_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropo
                         nn.Dropout3d, nn.AlphaDropout)
 _ELEMENTWISE_MODULES = (nn.Softplus, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
                         nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh,
-                        nn.Hardswish, nn.Hardsigmoid)
+                        nn.Hardswish)
 
 # Functions (by name, from torch's namespaces) and Tensor methods, with the carried value as their
 # first argument and constants elsewhere.
@@ -66,13 +66,18 @@ _LINEAR_NAMES = frozenset({
     "linear", "pad", "pixel_shuffle", "pixel_unshuffle"})
 _ELEMENTWISE_NAMES = frozenset({
     "softplus", "tanh", "sigmoid", "gelu", "silu", "elu", "celu", "selu", "mish", "softsign", "logsigmoid",
-    "relu", "relu6", "leaky_relu", "hardtanh", "hardswish", "hardsigmoid", "exp", "log", "log1p", "expm1",
+    "relu", "relu6", "leaky_relu", "hardtanh", "hardswish", "exp", "log", "log1p", "expm1",
     "sin", "cos", "square", "sqrt", "rsqrt", "reciprocal", "erf", "pow"})
 # Linear in every carried argument (which may sit in lists: cat, stack).
 _MULTI_LINEAR_NAMES = frozenset({"add", "sub", "cat", "concat", "concatenate", "stack"})
 _PRODUCT_NAMES = frozenset({"mul"})
 _DIVISION_NAMES = frozenset({"truediv", "div"})
-_SHAPE_NAMES = frozenset({"size", "dim", "numel", "getattr"})
+_SHAPE_NAMES = frozenset({"size", "dim", "numel"})
+#: attributes read with getattr that are metadata, not values (x.T or x.data are not).
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+_METADATA_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "layout"})
+_VIEW_NAMES = frozenset({"view", "reshape", "flatten", "transpose", "permute", "expand", "squeeze", "unsqueeze",
+                         "contiguous", "getitem", "view_as", "reshape_as", "expand_as", "unflatten"})
 
 
 @dataclass
@@ -149,6 +154,8 @@ def _template(tree):
         return _Ref(tree.name)
     if isinstance(tree, (tuple, list)):
         return type(tree)(_template(a) for a in tree)
+    if isinstance(tree, slice):
+        return slice(_template(tree.start), _template(tree.stop), _template(tree.step))
     if isinstance(tree, dict):
         raise TypeError("keyword arguments are templated as (name, value) pairs")
     return tree
@@ -159,6 +166,8 @@ def _filled(tree, env):
         return env[tree.name]
     if isinstance(tree, (tuple, list)):
         return type(tree)(_filled(a, env) for a in tree)
+    if isinstance(tree, slice):
+        return slice(_filled(tree.start, env), _filled(tree.stop, env), _filled(tree.step, env))
     return tree
 
 
@@ -174,25 +183,33 @@ def _mapped(tree, fn):
 
 
 def module_signature(model: nn.Module) -> tuple:
-    """Names and classes of every module: what a plan's choice of rules depends on."""
-    return tuple((name, type(m)) for name, m in model.named_modules())
+    """Every module's name, identity, class and the attributes the rules look at: what a plan's
+    choice of rules depends on (a module replaced by another object, even of the same class,
+    or switched to in-place, needs a new plan)."""
+    return tuple((name, id(m), type(m), getattr(m, "inplace", None), getattr(m, "return_indices", None),
+                  getattr(m, "track_running_stats", None)) for name, m in model.named_modules())
 
 
 class Plan:
     """The node-by-node program for one model; built by :func:`plan_for`, run by :meth:`run`."""
 
-    def __init__(self, model: nn.Module, steps: list[_Step], stateful: list[nn.Module]):
+    def __init__(self, model: nn.Module, steps: list[_Step], stateful: list[str], constants: dict):
         self._model = weakref.ref(model)
         self.steps = steps
-        self._stateful = stateful  # modules affine only in eval mode
-        self.signature = module_signature(model)  # the rules were chosen for these module classes
+        self._stateful = stateful  # names of modules affine only in eval mode
+        self._constants = constants  # tensors the tracer lifted out of forward (torch.tensor(...))
+        self.signature = module_signature(model)  # the rules were chosen for these modules
+        self.checked = False  # set by check_against_model once its output matched the model's
+
+    def belongs_to(self, model: nn.Module) -> bool:
+        return self._model() is model
 
     def usable(self) -> bool:
-        """False once the model is gone or a module was replaced by one of another class, and while
-        a batch-norm or dropout layer is in training mode."""
+        """False once the model is gone or a module was replaced, and while a batch-norm or dropout
+        layer is in training mode."""
         model = self._model()
         return (model is not None and module_signature(model) == self.signature
-                and not any(m.training for m in self._stateful))
+                and not any(model.get_submodule(name).training for name in self._stateful))
 
 
     def run(self, x: torch.Tensor, first: torch.Tensor, pairs: Pairs) -> Jet:
@@ -204,7 +221,8 @@ class Plan:
                 rows = torch.cat([first.expand(first.shape[0], *x.shape), x.new_zeros((pairs.count,) + x.shape)])
                 env[step.name] = Jet(x, rows, first.shape[0])
             elif step.kind == "attr":
-                env[step.name] = _attribute(model, step.target)
+                constant = self._constants.get(step.target)
+                env[step.name] = _attribute(model, step.target) if constant is None else constant
             elif step.kind == "output":
                 return _filled(step.args, env)[0]
             else:
@@ -299,9 +317,18 @@ def _elementwise(fn, args, kwargs, pairs):
 def _product(fn, args, kwargs, pairs):
     """``y = a * b`` with both factors carried (one carried factor is a linear node)."""
     a, b = _jets((args, kwargs))
-    rows = a.rows * b.primal + a.primal * b.rows
-    rows[a.order1 :] += 2 * pairs.quad(a.first, b.first)
+    shape = torch.broadcast_shapes(a.primal.shape, b.primal.shape)
+    a_rows, b_rows = _broadcast_rows(a, shape), _broadcast_rows(b, shape)
+    rows = a_rows * b.primal + a.primal * b_rows
+    rows[a.order1 :] += 2 * pairs.quad(a_rows[: a.order1], b_rows[: b.order1])
     return Jet(a.primal * b.primal, rows, a.order1)
+
+
+def _broadcast_rows(jet: Jet, shape: torch.Size) -> torch.Tensor:
+    """``jet.rows (N, *p)`` expanded to ``(N, *shape)``, aligned from the right as the primal
+    ``p`` broadcasts to ``shape`` (a per-channel gate times a feature map)."""
+    n, p = jet.rows.shape[0], jet.primal.shape
+    return jet.rows.reshape(n, *([1] * (len(shape) - len(p))), *p).expand(n, *shape)
 
 
 _RULES = {"plain": _plain, "shape": _shape, "linear": _linear, "elementwise": _elementwise, "product": _product}
@@ -312,12 +339,12 @@ def _name(target) -> str:
     if isinstance(target, str):
         return target  # a Tensor method
     module = getattr(target, "__module__", None) or ""
-    if not (module.startswith("torch") or module in ("operator", "_operator", "builtins")):
+    if not (module == "torch" or module.startswith("torch.") or module in ("operator", "_operator", "builtins")):
         return ""
     return getattr(target, "__name__", "")
 
 
-def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful: list[nn.Module]) -> str | None:
+def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful: list[str]) -> str | None:
     """The rule for a call node whose arguments include carried values; None if none applies."""
     carried_args = [a for a in _flat_nodes(node.args) if a.name in carried]
     carried_kwargs = [a for a in _flat_nodes(node.kwargs) if a.name in carried]
@@ -327,19 +354,25 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
         module = model.get_submodule(node.target)
         if not only_first:
             return None
+        if getattr(module, "return_indices", False):
+            return None  # max-pool modules returning (values, indices)
         if isinstance(module, _LINEAR_MODULES):
             return "linear"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            return None  # batch statistics even in eval mode: not affine per image
         if isinstance(module, _EVAL_LINEAR_MODULES):
-            stateful.append(module)
+            stateful.append(node.target)
             return "linear"
         if isinstance(module, _ELEMENTWISE_MODULES):
-            return "elementwise" if _inplace_safe(node, getattr(module, "inplace", False)) else None
+            return "elementwise" if _inplace_safe(model, node, getattr(module, "inplace", False)) else None
         return None
     name = _name(node.target)
     if name.endswith("_") and not name.startswith("__"):
         return None  # in-place methods and functions (relu_, add_) would overwrite a carried primal
     if name in _SHAPE_NAMES and only_first:
         return "shape"
+    if name == "getattr" and only_first:
+        return "shape" if len(node.args) > 1 and node.args[1] in _METADATA_ATTRIBUTES else None
     if name in _LINEAR_NAMES and only_first:
         if name.endswith("pool1d") or name.endswith("pool2d") or name.endswith("pool3d"):
             if node.kwargs.get("return_indices", False):
@@ -354,14 +387,27 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
     if name in _DIVISION_NAMES and only_first:
         return "linear"
     if name in _ELEMENTWISE_NAMES and only_first:
-        return "elementwise" if _inplace_safe(node, node.kwargs.get("inplace", False)) else None
+        if name == "pow" and not (len(node.args) > 1 and isinstance(node.args[1], (int, float))):
+            return None  # a tensor exponent may broadcast the output beyond the input's shape
+        return "elementwise" if _inplace_safe(model, node, node.kwargs.get("inplace", False)) else None
     return None
 
 
-def _inplace_safe(node: torch.fx.Node, inplace: bool) -> bool:
+def _inplace_safe(model: nn.Module, node: torch.fx.Node, inplace: bool) -> bool:
     """An in-place activation overwrites its input in the eager model; the rules compute it out of
-    place, which is the same only when nothing else reads that input."""
-    return not inplace or len(node.args[0].users) == 1
+    place, which is the same only when nothing else reads that input, nor anything it is a view of
+    (followed up through view-like nodes; the model's own input counts as read by the caller)."""
+    if not inplace:
+        return True
+    value = node.args[0]
+    while True:
+        if len(value.users) != 1 or value.op == "placeholder":
+            return False
+        viewing = (value.op in ("call_method", "call_function") and _name(value.target) in _VIEW_NAMES) or (
+            value.op == "call_module" and isinstance(model.get_submodule(value.target), _VIEW_MODULES))
+        if not viewing or not value.args or not isinstance(value.args[0], torch.fx.Node):
+            return True
+        value = value.args[0]
 
 
 def _flat_nodes(tree) -> list[torch.fx.Node]:
@@ -376,21 +422,26 @@ def build_plan(model: nn.Module) -> Plan | None:
     from curvext._model_checks import _structural_copy
 
     try:
-        graph = torch.fx.symbolic_trace(_structural_copy(model)).graph
+        traced = torch.fx.symbolic_trace(_structural_copy(model))
     except Exception as err:  # noqa: BLE001  (tracing fails in many ways on dynamic Python code)
         return _no_plan(model, f"torch.fx cannot trace it ({str(err).splitlines()[0][:200] if str(err) else err!r})")
-    nodes = list(graph.nodes)
+    nodes = list(traced.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         return _no_plan(model, f"its forward takes {len(placeholders)} inputs, not one")
     carried: set[str] = set()
     kinds: list[str] = []
-    stateful: list[nn.Module] = []
+    stateful: list[str] = []
+    constants: dict = {}
     for node in nodes:
         if node.op == "placeholder":
             kind = "input"
         elif node.op == "get_attr":
             kind = "attr"
+            try:
+                _attribute(model, node.target)
+            except AttributeError:  # a constant the tracer lifted out of forward
+                constants[node.target] = _attribute(traced, node.target)
         elif node.op == "output":
             out = node.args[0]
             if not isinstance(out, torch.fx.Node) or out.name not in carried:
@@ -415,7 +466,7 @@ def build_plan(model: nn.Module) -> Plan | None:
     steps = [_Step(node.name, node.op, node.target, kind, tuple(frees[i]), _template(node.args), tuple(node.kwargs),
                    _template(tuple(node.kwargs.values())))
              for i, (node, kind) in enumerate(zip(nodes, kinds))]
-    return Plan(model, steps, stateful)
+    return Plan(model, steps, stateful, constants)
 
 
 def _no_plan(model: nn.Module, why: str) -> None:
@@ -436,6 +487,27 @@ def plan_for(model: nn.Module) -> Plan | None:
         cached = _PLANS[model] = (signature, build_plan(model))
     plan = cached[1]
     return plan if plan is not None and plan.usable() else None
+
+
+@torch.no_grad()
+def checked(plan: Plan, x: torch.Tensor) -> Plan | None:
+    """``plan`` once its output on ``x`` equals the model's own (checked once per plan), else None
+    from then on. The graph walk computes in-place operations out of place; where the model relied
+    on one overwriting an alias (``h = y; y += 1`` is recorded as an out-of-place add), the walk
+    would silently differ, and only the model's own output shows it."""
+    if plan.checked:
+        return plan
+    model = plan._model()
+    expected = model(x.clone())
+    got = plan.run(x, x.new_zeros((1,) + x.shape), Pairs(0)).primal
+    scale = expected.abs().max().clamp_min(1e-30)
+    if got.shape != expected.shape or float((got - expected).abs().max() / scale) > 1e-4:
+        logger.warning("taylor mode: the graph walk's output differs from %s's own (in-place updates of "
+                       "aliased tensors?); using forward-over-forward mode for it", type(model).__name__)
+        _PLANS[model] = (plan.signature, None)
+        return None
+    plan.checked = True
+    return plan
 
 
 @torch.no_grad()

@@ -240,3 +240,142 @@ def test_detector_sums_are_the_same_without_the_plan(monkeypatch):
     monkeypatch.setattr(taylor_mode, "plan_for", lambda m: None)
     torch.testing.assert_close(with_plan, class_curvature_sums(model, x, cls, pred, V, "autograd", 0.0),
                                rtol=1e-10, atol=1e-13)
+
+
+def test_on_each_device_matches_cpu(device, every_rule):
+    """On "cpu" this only checks that the comparison runs; on a GPU it is the CUDA test."""
+    import copy
+
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64)
+    V = unit_rows(4, x.shape[1:])
+    expected = logit_quadratic_form_sums(every_rule, x, V, "autograd", 0.0)
+    moved = copy.deepcopy(every_rule).to(device)
+    assert taylor_mode.plan_for(moved) is not None
+    got = logit_quadratic_form_sums(moved, x.to(device), V.to(device), "autograd", 0.0)
+    assert got.device.type == torch.device(device).type
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-9, atol=1e-12)
+
+
+# Cases a review found (each was wrong or crashed before its fix): the graph walk must either
+# match forward-over-forward mode or decline and fall back.
+class TransposeAttribute(nn.Module):  # x.T is a value, not metadata like x.shape
+    def forward(self, x):
+        y = torch.tanh(x.flatten(1))
+        return y.T.T * 1.0 + y * y
+
+
+class PoolWithIndices(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+
+    def forward(self, x):
+        return self.pool(torch.tanh(x) ** 2)[0].flatten(1)
+
+
+class ConstantInForward(nn.Module):  # the tracer lifts torch.tensor(...) onto its GraphModule
+    def forward(self, x):
+        return torch.tanh(x.flatten(1)) * torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+
+
+class SliceOfSize(nn.Module):  # slice bounds computed from size()
+    def forward(self, x):
+        y = torch.tanh(x.flatten(1)) ** 2
+        return y[:, : y.size(1) // 2]
+
+
+class ProductWithReduction(nn.Module):  # factors of different ranks
+    def forward(self, x):
+        y = torch.tanh(x.flatten(1))
+        return y * y.mean() + y * y.sum(0)
+
+
+class GateFirst(nn.Module):  # squeeze-and-excitation: a (B, C, 1, 1) gate times a feature map
+    def forward(self, x):
+        gate = torch.sigmoid(x.mean((2, 3), keepdim=True))
+        return (gate * torch.tanh(x)).flatten(1)
+
+
+class PowTensorExponent(nn.Module):  # broadcasts the output beyond the input's shape
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("e", torch.tensor([1.0, 2.0, 3.0]))
+
+    def forward(self, x):
+        return torch.pow(x.flatten(1).unsqueeze(-1), self.e).flatten(1)
+
+
+class BatchStatisticsInEval(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4, track_running_stats=False)
+
+    def forward(self, x):
+        return torch.tanh(self.bn(x.flatten(1)))
+
+
+class InplaceOnAView(nn.Module):  # the in-place ReLU also overwrites y, read again below
+    def forward(self, x):
+        y = torch.tanh(x) - 0.3
+        r = F.relu(y.view(y.size(0), -1), inplace=True)
+        return r * 2 + y.flatten(1) ** 2
+
+
+class AliasedAugmentedAssignment(nn.Module):  # fx records g += ... as an out-of-place add
+    def forward(self, x):
+        h = torch.tanh(x.flatten(1))
+        g = h
+        g += h ** 2
+        return g * h
+
+
+@pytest.mark.parametrize("model, planned", [
+    (TransposeAttribute(), False), (PoolWithIndices(), False), (ConstantInForward(), True), (SliceOfSize(), True),
+    (ProductWithReduction(), True), (GateFirst(), True), (PowTensorExponent(), False),
+    (BatchStatisticsInEval(), False), (InplaceOnAView(), False), (AliasedAugmentedAssignment(), True),
+], ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else str(v))
+def test_reviewed_cases_match_forward_over_forward(model, planned):
+    model.double().eval()
+    x = torch.rand(3, 1, 2, 2, dtype=torch.float64) - 0.5
+    V = unit_rows(3, x.shape[1:])
+    assert (taylor_mode.build_plan(model) is not None) == planned
+    expected = _second_directional_derivatives(model, x, V).sum(dim=1)
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0), expected,
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_a_walk_that_differs_from_the_model_is_dropped(caplog):
+    """In-place updates through an alias are invisible in the fx graph; the one-off comparison of
+    the walk's output with the model's own catches them."""
+    model = AliasedAugmentedAssignment().double().eval()
+    x = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+    plan = taylor_mode.plan_for(model)
+    assert plan is not None and not plan.checked
+    with caplog.at_level(logging.WARNING, logger="curvext.taylor_mode"):
+        assert taylor_mode.checked(plan, x) is None
+    assert "differs" in caplog.text
+    assert taylor_mode.plan_for(model) is None
+    good = EveryRule().double().eval()
+    assert taylor_mode.checked(taylor_mode.plan_for(good), torch.rand(2, 1, 6, 6, dtype=torch.float64)).checked
+
+
+def test_same_class_replacements_and_foreign_plans():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.ELU(), nn.Linear(4, 3)).double().eval()
+    x = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+    V = unit_rows(3, x.shape[1:])
+    plan = taylor_mode.plan_for(model)
+    model[2] = nn.ELU(inplace=True)  # same class, a new object: the plan is rebuilt
+    assert taylor_mode.plan_for(model) is not plan and not plan.usable()
+    other = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    with pytest.raises(ValueError, match="another model"):
+        logit_quadratic_form_sums(other, x, V, "autograd", 0.0, taylor=taylor_mode.plan_for(model))
+
+
+def test_only_torchs_own_namespaces_count_as_torch():
+    for name, expected in (("torch", "pad"), ("torch.nn.functional", "pad"), ("torch_utils", ""),
+                           ("torchvision.ops", "")):
+        def pad(t):
+            return t
+
+        pad.__module__ = name
+        assert taylor_mode._name(pad) == expected, name
