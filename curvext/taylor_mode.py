@@ -26,6 +26,10 @@ Rules, per graph node (``sigma`` element-wise, ``A`` linear, ``Q`` the pairs' pr
 A model whose graph has any other operation on the carried value (softmax, normalisation
 layers, data-dependent control flow that ``torch.fx`` cannot trace, several outputs) gets no
 plan: :func:`plan_for` returns None and callers fall back to ``torch.func`` forward-over-forward.
+Before its first use a plan's output is compared once with the model's own (:func:`checked`):
+in-place updates through aliases, which ``torch.fx`` records as out-of-place operations, make
+them differ, and the model then falls back too. Plans are cached per model and rebuilt when a
+module is replaced.
 Piecewise-linear layers (ReLU, max-pool) follow the same rules with their almost-everywhere
 derivatives, as forward-over-forward mode does.
 """
