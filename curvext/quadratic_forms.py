@@ -129,7 +129,7 @@ def logit_quadratic_form_sums(model, x: torch.Tensor, V: torch.Tensor, method: s
 
     With ``"autograd"`` and a model that :mod:`curvext.taylor_mode` can run, the sum over the
     directions is carried as one collapsed second-order row (T + 1 rows per image instead of
-    forward-over-forward's 3 T: 3-4x faster on the zoo CNNs); chunks of directions keep
+    forward-over-forward's 3 T: about 2x on the zoo CNNs); chunks of directions keep
     ``(directions + 1) * B`` rows within ``max_rows``. Other models and methods sum
     :func:`logit_quadratic_forms`. ``taylor``: True looks the model's plan up, False never uses
     one, a :class:`~curvext.taylor_mode.Plan` is used as given (code compiled by ``torch.compile``

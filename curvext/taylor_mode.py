@@ -10,7 +10,8 @@ in one pass that carries, node by node, the primal ``(B, ...)``, the R first-ord
 S second-order rows ("collapsed" Taylor mode: Li et al. 2023, *Forward Laplacian*; Dangel et al.
 2024, *Collapsing Taylor mode automatic differentiation*). Forward-over-forward mode instead
 carries, per pair, two first-order rows and one second-order row of its own. For the sum over T
-directions of ``v^T H v`` this is T + 1 rows instead of 3 T, 2-3x faster on the zoo CNNs.
+directions of ``v^T H v`` this is T + 1 rows instead of 3 T, about 2x faster on the zoo CNNs
+(``benchmarks/bench_taylor_mode.py``).
 
 Rules, per graph node (``sigma`` element-wise, ``A`` linear, ``Q`` the pairs' products):
 
