@@ -1,7 +1,7 @@
 """Algorithm 2's exact per-class curvature sums through ``torch.compile``.
 
 ``CurvatureDetector(method="autograd", compile=True)`` scores its groups of images with a
-compiled :func:`curvext.quadratic_forms.class_curvature_sums`. The compiler fuses the element-wise
+compiled :func:`curvext.quadratic_forms.scored_class_curvature_sums`. The compiler fuses the element-wise
 work of the second-order passes (activations and their first and second derivatives along every
 direction and class), which eager PyTorch runs as separate kernels. Measured on two CPU cores
 (``BENCHMARKS.md``): 1.7-1.8x on the MNIST LeNet and 1.2-1.5x on the NiN, for a one-off
@@ -22,39 +22,39 @@ import warnings
 import torch
 
 from curvext import taylor_mode
-from curvext.quadratic_forms import class_curvature_sums
+from curvext.quadratic_forms import scored_class_curvature_sums
 
 logger = logging.getLogger(__name__)
 
 
 class CompiledCurvatureSums:
-    """``(x (b, *shape), cls (b, K), predicted (b,), V (T, *shape)) -> (b, K)`` curvature sums of
-    the exact method (``class_curvature_sums(model, ..., "autograd", 0.0)``), compiled once for
-    groups of ``batch_size`` images (``b <= batch_size``)."""
+    """``(x (b, *shape), V (T, *shape)) -> (logits (b, L), predicted (b,), cls (b, K), sums (b, K))``:
+    :func:`curvext.quadratic_forms.scored_class_curvature_sums` (the exact method over the
+    ``classes`` highest-scoring competing classes), compiled once for groups of ``batch_size``
+    images (``b <= batch_size``)."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int):
+    def __init__(self, model: torch.nn.Module, batch_size: int, classes: int | None = None):
         self.model = model
         self.batch_size = batch_size
+        self.classes = classes
         # Looked up now, eagerly, and passed in: tracing with torch.fx inside the compiler would break
         # its graph, and a lookup in the plan cache would put that cache into the compiled code's guards.
         self._taylor = taylor_mode.plan_for(model) or False
         self._compiled = torch.compile(self._eager, dynamic=False)
         self.failed = False
 
-    def _eager(self, x, cls, predicted, V):
-        return class_curvature_sums(self.model, x, cls, predicted, V, "autograd", 0.0, taylor=self._taylor)
+    def _eager(self, x, V):
+        return scored_class_curvature_sums(self.model, x, V, self.classes, taylor=self._taylor)
 
-    def __call__(self, x, cls, predicted, V):
+    def __call__(self, x, V):
         if self.failed:
-            return self._eager(x, cls, predicted, V)
+            return self._eager(x, V)
         if self._taylor is not False and not self._taylor.checked:  # eagerly, before the first compilation
             self._taylor = taylor_mode.checked(self._taylor, x) or False
         b = x.shape[0]
         pad = self.batch_size - b
         if pad > 0:  # one shape for every group: no recompilation for the last one
             x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
-            cls = torch.cat([cls, cls[-1:].expand(pad, cls.shape[1])])
-            predicted = torch.cat([predicted, predicted[-1:].expand(pad)])
         else:
             # A group is a slice of the caller's batch; torch 2.14's compiler fails on views of a
             # larger base ("Tensor device mismatch"), so it gets a tensor of its own.
@@ -65,12 +65,12 @@ class CompiledCurvatureSums:
                 # rule: it concerns tracing speed, not the compiled kernels.
                 warnings.filterwarnings("ignore", message=r".*not yet implemented the batching rule.*",
                                         category=UserWarning)
-                sums = self._compiled(x, cls, predicted, V)
+                out = self._compiled(x, V)
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # noqa: BLE001  (the compiler's errors have many types)
             self.failed = True
             logger.warning("torch.compile could not compile the curvature sums (%s: %s); running them "
                            "eagerly", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
-            return self._eager(x[:b], cls[:b], predicted[:b], V)
-        return sums[:b]
+            return self._eager(x[:b], V)
+        return tuple(t[:b] for t in out)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from curvext import _model_checks
-from curvext.quadratic_forms import METHODS, class_curvature_sums
+from curvext.quadratic_forms import METHODS, class_curvature_sums, competing_classes, scored_class_curvature_sums
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class CurvatureDetector:
         if compile:
             from curvext.compiled_sums import CompiledCurvatureSums
 
-            self._compiled_sums = CompiledCurvatureSums(model, batch_size)
+            self._compiled_sums = CompiledCurvatureSums(model, batch_size, classes)
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -209,21 +209,22 @@ class CurvatureDetector:
         return Scores(*(torch.cat([p[k] for p in parts]) for k in range(4)))
 
     def _score_batch(self, x, V):
-        with torch.no_grad():
-            logits = self.model(x)
-        B, L = logits.shape
-        predicted = logits.argmax(dim=1)
-        K = L - 1 if self.classes is None else min(self.classes, L - 1)
-        masked = logits.masked_fill(torch.nn.functional.one_hot(predicted, L).bool(), float("-inf"))
-        cls = masked.topk(K, dim=1).indices  # (B, K) competing classes by score
-        if self.estimator == "deflated":
-            from curvext.deflated import deflated_class_curvatures
-
-            sums, _ = deflated_class_curvatures(self, x, cls, predicted, V)  # (B, K), Hutchinson's scale
-        elif self._compiled_sums is not None and self.method == "autograd":
-            sums = self._compiled_sums(x, cls, predicted, V)
+        if self.method == "autograd" and self.estimator == "hutchinson":
+            # The exact sums choose the classes from the forward pass of their own gradients.
+            score = self._compiled_sums or (lambda x, V: scored_class_curvature_sums(self.model, x, V, self.classes))
+            logits, predicted, cls, sums = score(x, V)
         else:
-            sums = class_curvature_sums(self.model, x, cls, predicted, V, self.method, self.h)
+            with torch.no_grad():
+                logits = self.model(x)
+            predicted, cls = competing_classes(logits, self.classes)  # (B,), (B, K) by score
+            if self.estimator == "deflated":
+                from curvext.deflated import deflated_class_curvatures
+
+                sums, _ = deflated_class_curvatures(self, x, cls, predicted, V)  # (B, K), Hutchinson's scale
+            else:
+                sums = class_curvature_sums(self.model, x, cls, predicted, V, self.method, self.h)
+        B, L = logits.shape
+        K = cls.shape[1]
         if not bool(torch.isfinite(sums).all()):
             bad = (~torch.isfinite(sums)).any(dim=1).nonzero().flatten().tolist()
             raise FloatingPointError(f"non-finite curvature for image(s) {bad[:10]} of the batch")

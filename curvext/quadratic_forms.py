@@ -289,9 +289,49 @@ def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: t
     """
     if method != "autograd":
         return class_curvatures(model, x, cls, predicted, V, method, h, max_rows).sum(dim=2)
+    grad = _class_gradients_vectorised(model, x, cls, predicted)  # (B*K, d)
+    return _exact_sums(model, x, cls, predicted, V, grad, max_rows, taylor)
+
+
+def competing_classes(logits: torch.Tensor, classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted (B,), cls (B, K))``: the label and the K = ``classes`` (None: all L - 1)
+    highest-scoring other classes, by decreasing logit."""
+    L = logits.shape[1]
+    K = L - 1 if classes is None else min(classes, L - 1)
+    predicted = logits.argmax(dim=1)
+    masked = logits.masked_fill(torch.nn.functional.one_hot(predicted, L).bool(), float("-inf"))
+    return predicted, masked.topk(K, dim=1).indices
+
+
+@torch.no_grad()
+def scored_class_curvature_sums(model, x: torch.Tensor, V: torch.Tensor, classes: int | None,
+                                max_rows: int = 4096, taylor: "bool | taylor_mode.Plan" = True):
+    """``(logits (B, L), predicted (B,), cls (B, K), sums (B, K))``: the exact
+    :func:`class_curvature_sums` over the competing classes of :func:`competing_classes`, chosen
+    from the forward pass that the class gradients run anyway (one forward pass per group fewer
+    than choosing the classes first)."""
+    x = x.detach()
+
+    def vectorised():
+        logits, pullback = vjp(model, x)
+        predicted, cls = competing_classes(logits, classes)
+        return logits, predicted, cls, _pulled_back_gradients(pullback, logits, cls, predicted)
+
+    def rows():
+        logits = model(x)
+        predicted, cls = competing_classes(logits, classes)
+        with torch.enable_grad():
+            grad = class_gradients(model, x, cls, predicted)[1]
+        return logits, predicted, cls, grad.reshape(grad.shape[0], -1)
+
+    logits, predicted, cls, grad = _vectorised_or_rows(vectorised, rows, "class gradients")
+    return logits, predicted, cls, _exact_sums(model, x, cls, predicted, V, grad, max_rows, taylor)
+
+
+def _exact_sums(model, x, cls, predicted, V, grad, max_rows, taylor) -> torch.Tensor:
+    """:func:`class_curvature_sums` with "autograd", given the class gradients ``grad (B*K, d)``."""
     B, K = cls.shape
     T = V.shape[0]
-    grad = _class_gradients_vectorised(model, x, cls, predicted)  # (B*K, d)
     gnorm = grad.norm(dim=1).clamp_min(1e-30)
     n = grad / gnorm.unsqueeze(1)
     Vf = V.reshape(T, -1)
@@ -303,7 +343,7 @@ def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: t
                                 "mixed second derivatives")  # (B*K, L)
     pred_rows = predicted.repeat_interleave(K)
     bilinear = mixed[rows, cls.reshape(-1)] - mixed[rows, pred_rows]  # n^T H_i (s n - 2 w)
-    q_logits = logit_quadratic_form_sums(model, x, V, method, h, max_rows, taylor)  # (B, L)
+    q_logits = logit_quadratic_form_sums(model, x, V, "autograd", 0.0, max_rows, taylor)  # (B, L)
     q = q_logits.gather(1, cls) - q_logits.gather(1, predicted.view(B, 1))  # (B, K)
     return (q + bilinear.reshape(B, K)) / gnorm.reshape(B, K)
 
@@ -316,16 +356,23 @@ def _class_gradients_vectorised(model, x, cls, predicted) -> torch.Tensor:
 
     def vectorised():
         logits, pullback = vjp(model, x.detach())
-        L = logits.shape[1]
-        one_hot = torch.nn.functional.one_hot
-        cot = (one_hot(cls, L) - one_hot(predicted, L).unsqueeze(1)).to(logits.dtype).transpose(0, 1)
-        return vmap(pullback)(cot)[0].reshape(K, B, -1).transpose(0, 1).reshape(B * K, -1)
+        return _pulled_back_gradients(pullback, logits, cls, predicted)
 
     def rows():
         with torch.enable_grad():
             return class_gradients(model, x, cls, predicted)[1].reshape(B * K, -1)
 
     return _vectorised_or_rows(vectorised, rows, "class gradients")
+
+
+def _pulled_back_gradients(pullback, logits, cls, predicted) -> torch.Tensor:
+    """``(B*K, d)``: the vjp ``pullback`` of the model at x applied to the cotangent of each
+    F_i = f_i - f_khat, vmapped over the K class slots."""
+    B, K = cls.shape
+    L = logits.shape[1]
+    one_hot = torch.nn.functional.one_hot
+    cot = (one_hot(cls, L) - one_hot(predicted, L).unsqueeze(1)).to(logits.dtype).transpose(0, 1)
+    return vmap(pullback)(cot)[0].reshape(K, B, -1).transpose(0, 1).reshape(B * K, -1)
 
 
 @torch.no_grad()

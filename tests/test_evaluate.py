@@ -156,17 +156,17 @@ def test_evaluate_command_rejects_bad_probe_settings(option, bad, capsys):
 
 def test_evaluate_command_compiles_only_the_exact_method(tmp_path, monkeypatch, capsys):
     import curvext.compiled_sums
-    from curvext.quadratic_forms import class_curvature_sums
+    from curvext.quadratic_forms import scored_class_curvature_sums
 
     built = []
 
     class Recorded:  # stands in for the compiler: records the request, computes eagerly
-        def __init__(self, model, batch_size):
+        def __init__(self, model, batch_size, classes):
             built.append(model)
-            self.model = model
+            self.model, self.classes = model, classes
 
-        def __call__(self, x, cls, predicted, V):
-            return class_curvature_sums(self.model, x, cls, predicted, V, "autograd", 0.0)
+        def __call__(self, x, V):
+            return scored_class_curvature_sums(self.model, x, V, self.classes)
 
     monkeypatch.setattr(curvext.compiled_sums, "CompiledCurvatureSums", Recorded)
     monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))

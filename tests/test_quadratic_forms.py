@@ -198,3 +198,37 @@ def test_hessian_normal_products_fall_back_when_vmap_cannot_batch_the_model(capl
             g = torch.autograd.functional.jacobian(F, x[b])
             torch.testing.assert_close(grad[2 * b + k], g, rtol=1e-12, atol=1e-12)
             torch.testing.assert_close(hn[2 * b + k], H @ (g / g.norm()), rtol=1e-10, atol=1e-12)
+
+
+def test_scored_sums_choose_the_classes_from_their_own_forward_pass(monkeypatch, caplog):
+    """scored_class_curvature_sums picks the same classes as a separate forward pass would, and
+    returns class_curvature_sums' values for them, also on the per-row fallback."""
+    import curvext.quadratic_forms as qf
+
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    V = torch.nn.functional.normalize(torch.randn(5, 16, dtype=torch.float64), dim=1).reshape(5, 1, 4, 4)
+    with torch.no_grad():
+        logits = model(x)
+    for classes in (None, 2):
+        pred, cls = qf.competing_classes(logits, classes)
+        assert cls.shape == (4, 4 if classes is None else 2)
+        assert not (cls == pred.unsqueeze(1)).any()
+        assert (logits.gather(1, cls).diff(dim=1) <= 0).all()  # by decreasing logit
+        expected = class_curvature_sums(model, x, cls, pred, V, "autograd", 0.0)
+        got_logits, got_pred, got_cls, sums = qf.scored_class_curvature_sums(model, x, V, classes)
+        torch.testing.assert_close(got_logits, logits, rtol=1e-14, atol=0)
+        assert torch.equal(got_pred, pred) and torch.equal(got_cls, cls)
+        torch.testing.assert_close(sums, expected, rtol=1e-12, atol=1e-14)
+
+    def cannot_batch(*args):
+        raise RuntimeError("vmap: no batching rule")
+
+    monkeypatch.setattr(qf, "_pulled_back_gradients", cannot_batch)
+    with caplog.at_level("WARNING", logger="curvext.quadratic_forms"):
+        _, got_pred, got_cls, sums = qf.scored_class_curvature_sums(model, x, V, 2)
+    assert "falling back" in caplog.text
+    pred, cls = qf.competing_classes(logits, 2)
+    assert torch.equal(got_cls, cls)
+    torch.testing.assert_close(sums, class_curvature_sums(model, x, cls, pred, V, "autograd", 0.0),
+                               rtol=1e-12, atol=1e-14)
