@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine: build curvext with its CUDA kernels, run the CUDA tests
 # (every CPU-vs-CUDA comparison and the device-parametrised tests), the compiled-core
-# benchmarks, the principal-curvature profiles against a per-image eigsh loop and Algorithm 2's
-# ResNet-50 throughput on the GPU, and print a short table. Results land in $OUT (the device
-# tool's output folder) or benchmarks/results/.
+# benchmarks, the principal-curvature profiles against a per-image eigsh loop, collapsed Taylor
+# mode against forward-over-forward mode, and Algorithm 2's ResNet-50 throughput on the GPU,
+# and print a short table. Results land in $OUT (the device tool's output folder) or
+# benchmarks/results/.
 #
 #   bash benchmarks/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 here
 set -uo pipefail
@@ -45,6 +46,10 @@ $PY benchmarks/bench_profiles.py --device cuda --repeat 3 --out "$RESULTS/gpu_pr
   > "$RESULTS/gpu_profiles.log" 2>&1
 profiles_rc=$?
 
+echo "== collapsed Taylor mode against forward-over-forward mode (digits zoo CNNs), on the GPU"
+$PY benchmarks/bench_taylor_mode.py --device cuda --out "$RESULTS/gpu_taylor_$stamp.md" > "$RESULTS/gpu_taylor.log" 2>&1
+taylor_rc=$?
+
 echo "== Algorithm 2 on ResNet-50 (224x224, K=10, T=16)"
 $PY benchmarks/bench_detect_resnet.py --device cuda --images 64 --out "$RESULTS/gpu_detect_resnet_$stamp.md" \
   > "$RESULTS/gpu_detect.log" 2>&1
@@ -57,6 +62,7 @@ echo "| build (s) | $build_s |"
 echo "| CUDA tests | $summary |"
 echo "| benchmarks | $([ $bench_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_bench.log)") |"
 echo "| profiles vs eigsh | $([ $profiles_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_profiles.log)") |"
+echo "| Taylor mode vs forward-over-forward | $([ $taylor_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_taylor.log)") |"
 echo "| ResNet-50 detection | $([ $detect_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_detect.log)") |"
 echo
 [ -f "$RESULTS/gpu_core_$stamp.md" ] && cat "$RESULTS/gpu_core_$stamp.md"
@@ -65,6 +71,9 @@ echo
 [ -f "$RESULTS/gpu_profiles_$stamp.md" ] && cat "$RESULTS/gpu_profiles_$stamp.md"
 [ $profiles_rc -ne 0 ] && tail -30 "$RESULTS/gpu_profiles.log"
 echo
+[ -f "$RESULTS/gpu_taylor_$stamp.md" ] && cat "$RESULTS/gpu_taylor_$stamp.md"
+[ $taylor_rc -ne 0 ] && tail -30 "$RESULTS/gpu_taylor.log"
+echo
 [ -f "$RESULTS/gpu_detect_resnet_$stamp.md" ] && cat "$RESULTS/gpu_detect_resnet_$stamp.md"
 [ $detect_rc -ne 0 ] && tail -30 "$RESULTS/gpu_detect.log"
-exit $(( tests_rc != 0 || bench_rc != 0 || profiles_rc != 0 || detect_rc != 0 ))
+exit $(( tests_rc != 0 || bench_rc != 0 || profiles_rc != 0 || taylor_rc != 0 || detect_rc != 0 ))
