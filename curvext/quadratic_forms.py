@@ -13,6 +13,8 @@ per direction, and ``H_i n_i`` from one Hessian-vector product per class. Algori
 the sums over the directions, :func:`class_curvature_sums`, which replaces the product by one
 mixed second derivative per class and, with ``"autograd"``, takes ``sum_j v_j^T H_f v_j`` from
 :mod:`curvext.taylor_mode` (one collapsed second-order row instead of one per direction).
+:func:`scored_class_curvature_sums` is the same with the competing classes chosen from the
+forward pass of the class gradients (what ``CurvatureDetector`` runs for ``"autograd"``).
 
 Methods (how second derivatives are measured):
 
