@@ -21,6 +21,8 @@ Rules, per graph node (``sigma`` element-wise, ``A`` linear, ``Q`` the pairs' pr
 * element-wise ``y = sigma(z)``: ``y' = sigma'(z) z'``, ``y'' = sigma'(z) z'' + sigma''(z) Q(z', z')``,
   with sigma' and sigma'' evaluated once, on the primal, by reverse mode (so activations without
   forward-over-forward rules, such as SiLU, work too).
+* element-wise piecewise-linear (ReLU, Hardsigmoid, ...): the same with ``sigma'' = 0``, so
+  only a first derivative is taken (Hardsigmoid has no double-backward formula).
 * product of two carried values ``y = a b``: ``y'' = a'' b + a b'' + 2 Q(a', b')``.
 * shape queries (``size``, ``dim``) read the primal.
 
@@ -58,8 +60,10 @@ _LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvT
 _EVAL_LINEAR_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                         nn.Dropout3d, nn.AlphaDropout)
 _ELEMENTWISE_MODULES = (nn.Softplus, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
-                        nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh,
-                        nn.Hardswish)
+                        nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Hardswish)
+#: element-wise and piecewise linear: second derivative zero almost everywhere (Hardsigmoid, as in
+#: MobileNetV3, has no double-backward formula, so the smooth rule could not differentiate it twice).
+_PIECEWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Hardsigmoid)
 
 # Functions (by name, from torch's namespaces) and Tensor methods, with the carried value as their
 # first argument and constants elsewhere.
@@ -71,8 +75,8 @@ _LINEAR_NAMES = frozenset({
     "linear", "pad", "pixel_shuffle", "pixel_unshuffle"})
 _ELEMENTWISE_NAMES = frozenset({
     "softplus", "tanh", "sigmoid", "gelu", "silu", "elu", "celu", "selu", "mish", "softsign", "logsigmoid",
-    "relu", "relu6", "leaky_relu", "hardtanh", "hardswish", "exp", "log", "log1p", "expm1",
-    "sin", "cos", "square", "sqrt", "rsqrt", "reciprocal", "erf", "pow"})
+    "hardswish", "exp", "log", "log1p", "expm1", "sin", "cos", "square", "sqrt", "rsqrt", "reciprocal", "erf", "pow"})
+_PIECEWISE_NAMES = frozenset({"relu", "relu6", "leaky_relu", "hardtanh", "hardsigmoid"})
 # Linear in every carried argument (which may sit in lists: cat, stack).
 _MULTI_LINEAR_NAMES = frozenset({"add", "sub", "cat", "concat", "concatenate", "stack"})
 _PRODUCT_NAMES = frozenset({"mul"})
@@ -144,7 +148,7 @@ class _Step:
     name: str  # the fx node's name, op and target
     op: str
     target: object
-    kind: str  # "input", "attr", "plain", "shape", "linear", "elementwise", "product", "output"
+    kind: str  # "input", "attr", "plain", "shape", "linear", "elementwise", "piecewise", "product", "output"
     frees: tuple[str, ...]  # env entries last used by this step
     # node.args and node.kwargs with _Ref for nodes, the keywords as (names, values): plain Python
     # that torch.compile traces (it skips torch.fx's helpers and dict iterators).
@@ -295,7 +299,7 @@ def _linear(fn, args, kwargs, pairs):
     return Jet(primal, rows, jets[0].order1)
 
 
-def _elementwise(fn, args, kwargs, pairs):
+def _elementwise(fn, args, kwargs, pairs, piecewise_linear: bool = False):
     """``y = sigma(z)`` element by element (constants in the other arguments)."""
     (z,) = _jets((args, kwargs))
     inplace = kwargs.get("inplace", False) or getattr(fn, "inplace", False)
@@ -309,14 +313,20 @@ def _elementwise(fn, args, kwargs, pairs):
     def slope_of(value):  # sigma' element by element: the gradient of the sum
         return grad(lambda v: call(v).sum())(value)
 
-    # Reverse over reverse: double-backward formulas exist for more activations than forward-mode
-    # ones (SiLU has no forward-over-forward rule in torch 2.14).
     y = call(p)
     slope = slope_of(p)
-    bend = grad(lambda v: slope_of(v).sum())(p)
     rows = slope * z.rows
-    rows[z.order1 :] += bend * pairs.quad(z.first, z.first)
+    if not piecewise_linear:
+        # Reverse over reverse: double-backward formulas exist for more activations than
+        # forward-mode ones (SiLU has no forward-over-forward rule in torch 2.14).
+        bend = grad(lambda v: slope_of(v).sum())(p)
+        rows[z.order1 :] += bend * pairs.quad(z.first, z.first)
     return Jet(y, rows, z.order1)
+
+
+def _piecewise(fn, args, kwargs, pairs):
+    """An element-wise piecewise-linear ``sigma`` (ReLU, Hardsigmoid, ...): sigma'' = 0 a.e."""
+    return _elementwise(fn, args, kwargs, pairs, piecewise_linear=True)
 
 
 def _product(fn, args, kwargs, pairs):
@@ -336,7 +346,8 @@ def _broadcast_rows(jet: Jet, shape: torch.Size) -> torch.Tensor:
     return jet.rows.reshape(n, *([1] * (len(shape) - len(p))), *p).expand(n, *shape)
 
 
-_RULES = {"plain": _plain, "shape": _shape, "linear": _linear, "elementwise": _elementwise, "product": _product}
+_RULES = {"plain": _plain, "shape": _shape, "linear": _linear, "elementwise": _elementwise, "piecewise": _piecewise,
+          "product": _product}
 
 
 def _name(target) -> str:
@@ -368,8 +379,9 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
         if isinstance(module, _EVAL_LINEAR_MODULES):
             stateful.append(node.target)
             return "linear"
-        if isinstance(module, _ELEMENTWISE_MODULES):
-            return "elementwise" if _inplace_safe(model, node, getattr(module, "inplace", False)) else None
+        for classes, kind in ((_ELEMENTWISE_MODULES, "elementwise"), (_PIECEWISE_MODULES, "piecewise")):
+            if isinstance(module, classes):
+                return kind if _inplace_safe(model, node, getattr(module, "inplace", False)) else None
         return None
     name = _name(node.target)
     if name.endswith("_") and not name.startswith("__"):
@@ -391,6 +403,8 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
         return "product" if len(carried_args) == 2 else "linear"
     if name in _DIVISION_NAMES and only_first:
         return "linear"
+    if name in _PIECEWISE_NAMES and only_first:
+        return "piecewise" if _inplace_safe(model, node, node.kwargs.get("inplace", False)) else None
     if name in _ELEMENTWISE_NAMES and only_first:
         if name == "pow" and not (len(node.args) > 1 and isinstance(node.args[1], (int, float))):
             return None  # a tensor exponent may broadcast the output beyond the input's shape
@@ -458,7 +472,7 @@ def build_plan(model: nn.Module) -> Plan | None:
             kind = _classify(model, node, carried, stateful)
             if kind is None:
                 return _no_plan(model, f"no rule for {node.op} {node.target}")
-        if kind in ("input", "linear", "elementwise", "product"):
+        if kind in ("input", "linear", "elementwise", "piecewise", "product"):
             carried.add(node.name)
         kinds.append(kind)
     last_use: dict[str, int] = {}

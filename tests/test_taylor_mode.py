@@ -379,3 +379,43 @@ def test_only_torchs_own_namespaces_count_as_torch():
 
         pad.__module__ = name
         assert taylor_mode._name(pad) == expected, name
+
+
+class HardGated(nn.Module):
+    """MobileNetV3-style: Hardswish features gated by a Hardsigmoid squeeze-and-excitation."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Hardsigmoid())
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = self.act(self.conv(x) * 2.5)  # scaled so Hardswish's quadratic middle and its flat parts are hit
+        return self.head(torch.tanh(h * self.gate(h)).flatten(1))
+
+
+def test_hardsigmoid_gets_the_piecewise_linear_rule():
+    """Hardsigmoid has no double backward (nor forward-over-forward rule) in torch, so neither a
+    dense Hessian nor the fallback can serve as reference: central differences of exact
+    gradients do, in float64 (h = 1e-5: truncation ~1e-10, rounding ~1e-11)."""
+    model = HardGated().double().eval()
+    plan = taylor_mode.plan_for(model)
+    assert plan is not None and "piecewise" in {step.kind for step in plan.steps}
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    V = unit_rows(3, x.shape[1:])
+    got = logit_quadratic_form_sums(model, x, V, "autograd", 0.0)
+
+    def gradients(z):  # (B, L, *shape): every logit's gradient at each image
+        return torch.func.vmap(torch.func.jacrev(lambda y: model(y.unsqueeze(0))[0]))(z)
+
+    h = 1e-5
+    expected = sum(((gradients(x + h * v) - gradients(x - h * v)) / (2 * h) * v).flatten(2).sum(2) for v in V)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_torchvision_mobilenet_v3_gets_a_plan():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    assert taylor_mode.plan_for(model) is not None
