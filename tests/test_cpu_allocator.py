@@ -43,9 +43,16 @@ def faults_per_product(mode: str) -> float:
 
 @glibc_only
 def test_tuning_stops_the_page_faults_of_batched_products():
-    default, tuned = faults_per_product("default"), faults_per_product("tuned")
     # Default glibc: thousands of fresh pages per product (~25 MB); tuned: none in the median product.
-    assert tuned < 0.1 * default, (default, tuned)
+    # Page faults also depend on what the rest of the machine does, so a pair of fresh processes is
+    # measured up to three times; tuning that does not work fails all three.
+    attempts = []
+    for _ in range(3):
+        default, tuned = faults_per_product("default"), faults_per_product("tuned")
+        attempts.append((default, tuned))
+        if tuned < 0.1 * default:
+            return
+    pytest.fail(f"(default, tuned) page faults per product, three attempts: {attempts}")
 
 
 @pytest.mark.parametrize("kwargs", [dict(mmap_threshold=MMAP_THRESHOLD_MAX + 1), dict(trim_threshold=0),
