@@ -9,6 +9,11 @@ compilation of 5-40 s per model. It pays over long sweeps, not for a few images.
 the eager ones to rounding (float32: 2e-7 relative on the LeNet, 1e-5 on the NiN). The model's
 :mod:`curvext.taylor_mode` plan is looked up before compiling and passed in.
 
+The compiler runs in inductor's inference ("freezing") mode, under ``torch.no_grad``: its
+inference passes (common subexpressions merged across the three passes, constants folded) cut
+the NiN's convolutions per group from 98 to 62 and gave a further 1.2-1.3x on the MNIST NiN. In torch 2.14 the parameters stay
+inputs of the compiled graph, so in-place weight updates are seen by the next call (tested).
+
 Every call sees the same shapes: a last, smaller group is padded with copies of its last image
 (and the padding's results dropped), so the function compiles once. If compilation fails (no C++
 compiler, an operation the compiler cannot handle), a warning says why and the eager function is
@@ -40,7 +45,7 @@ class CompiledCurvatureSums:
         # Looked up now, eagerly, and passed in: tracing with torch.fx inside the compiler would break
         # its graph, and a lookup in the plan cache would put that cache into the compiled code's guards.
         self._taylor = taylor_mode.plan_for(model) or False
-        self._compiled = torch.compile(self._eager, dynamic=False)
+        self._compiled = torch.compile(self._eager, dynamic=False, options={"freezing": True})
         self.failed = False
 
     def _eager(self, x, V):
@@ -65,7 +70,8 @@ class CompiledCurvatureSums:
                 # rule: it concerns tracing speed, not the compiled kernels.
                 warnings.filterwarnings("ignore", message=r".*not yet implemented the batching rule.*",
                                         category=UserWarning)
-                out = self._compiled(x, V)
+                with torch.no_grad():  # inductor applies its inference passes only without grad mode
+                    out = self._compiled(x, V)
         except torch.OutOfMemoryError:
             raise
         except Exception as err:  # noqa: BLE001  (the compiler's errors have many types)

@@ -280,6 +280,16 @@ def test_compiled_zoo_cnn_matches_eager_in_float32():
     # float32 kernels fused in another order: rounding differences only (measured 1e-6).
     torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-4, atol=1e-6)
 
+    # Compiled in inference ("freezing") mode: an in-place weight update (an optimizer step) must
+    # still reach the next call, not a copy of the weights folded in at compilation.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.3)
+    updated = det.score(x)
+    eager = CurvatureDetector(model, num_directions=4, method="autograd", batch_size=8).score(x)
+    assert not torch.allclose(updated.rho, compiled.rho, rtol=1e-2)
+    torch.testing.assert_close(updated.rho, eager.rho, rtol=1e-4, atol=1e-6)
+
 
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
     def broken(fn, **kwargs):
