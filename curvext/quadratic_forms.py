@@ -10,16 +10,16 @@ region), with the cost of the *sum* of classes and directions, not their product
 
 where ``v^T H_f v`` for every logit at once comes from one second-order directional derivative
 per direction, and ``H_i n_i`` from one Hessian-vector product per class. Algorithm 2 needs only
-the sums over the directions, :func:`class_curvature_sums`, which replaces the product by one
-mixed second derivative per class and, with ``"autograd"``, takes ``sum_j v_j^T H_f v_j`` from
-:mod:`curvext.taylor_mode` (one collapsed second-order row instead of one per direction).
-:func:`scored_class_curvature_sums` is the same with the competing classes chosen from the
-forward pass of the class gradients (what ``CurvatureDetector`` runs for ``"autograd"``).
+the sums over the directions, :func:`class_curvature_sums`; with ``"autograd"`` it takes
+``sum_j v_j^T H_f v_j`` from :mod:`curvext.taylor_mode` (one collapsed second-order row instead
+of one per direction) and each class's gradient and ``H_i n_i`` from one reverse-over-reverse
+pass. :func:`scored_class_curvature_sums` is the same with the competing classes chosen from the
+logits of the Taylor-mode pass (what ``CurvatureDetector`` runs for ``"autograd"``).
 
 Methods (how second derivatives are measured):
 
 * ``"autograd"``: exact, infinitesimal. ``v^T H v`` by forward-over-forward mode
-  (``torch.func.jvp`` twice), ``H n`` by forward-over-reverse. For smooth nets; zero for ReLU
+  (``torch.func.jvp`` twice), ``H n`` by reverse-over-reverse. For smooth nets; zero for ReLU
   nets. Both are vectorised with ``torch.func.vmap`` over the directions (classes) while the
   images stay unbatched, so each image's forward pass (its activations and their derivatives)
   is computed once and shared by all its directions and classes rather than once per row; this
@@ -137,26 +137,46 @@ def logit_quadratic_form_sums(model, x: torch.Tensor, V: torch.Tensor, method: s
     one, a :class:`~curvext.taylor_mode.Plan` is used as given (code compiled by ``torch.compile``
     passes it: a lookup in the plan cache would put the cache into the compiler's guards).
     """
-    plan = None
-    if method == "autograd" and taylor is not False:
-        plan = taylor_mode.plan_for(model) if taylor is True else taylor
-        if plan is not None and not plan.belongs_to(model):
-            raise ValueError("taylor: the plan was built for another model")
-        if plan is not None and not plan.usable():
-            plan = None
-        if plan is not None and not plan.checked and not torch.compiler.is_compiling():
-            plan = taylor_mode.checked(plan, x)  # once per plan: the walk's output is the model's
-    if plan is None:
+    if method != "autograd":
         return logit_quadratic_forms(model, x, V, method, h, max_rows).sum(dim=1)
+    return _logits_and_exact_form_sums(model, x, V, max_rows, taylor, need_logits=False)[1]
+
+
+def _usable_plan(model, x: torch.Tensor, taylor) -> "taylor_mode.Plan | None":
+    """The Taylor-mode plan to run (``taylor`` as in :func:`logit_quadratic_form_sums`), or None."""
+    if taylor is False:
+        return None
+    plan = taylor_mode.plan_for(model) if taylor is True else taylor
+    if plan is not None and not plan.belongs_to(model):
+        raise ValueError("taylor: the plan was built for another model")
+    if plan is not None and not plan.usable():
+        return None
+    if plan is not None and not plan.checked and not torch.compiler.is_compiling():
+        plan = taylor_mode.checked(plan, x)  # once per plan: the walk's output is the model's
+    return plan
+
+
+@torch.no_grad()
+def _logits_and_exact_form_sums(model, x: torch.Tensor, V: torch.Tensor, max_rows: int, taylor,
+                                need_logits: bool = True):
+    """``(logits (B, L) or None, sums (B, L))``: the model's output and each logit's exact
+    ``sum_j v_j^T H v_j``. A Taylor-mode pass carries the output as its primal, so the logits cost
+    nothing there; the forward-over-forward fallback runs one forward pass for them."""
+    plan = _usable_plan(model, x, taylor)
+    if plan is None:
+        logits = model(x) if need_logits else None
+        return logits, logit_quadratic_forms(model, x, V, "autograd", 0.0, max_rows).sum(dim=1)
     B, T = x.shape[0], V.shape[0]
     chunk = max(1, max_rows // max(B, 1) - 1)
-    total = None
+    logits, total = None, None
     for j0 in range(0, T, chunk):
         v = V[j0 : j0 + chunk]
         pairs = taylor_mode.Pairs(1, squares=(slice(0, v.shape[0]), 0))
-        part = taylor_mode.second_order_sums(plan, x, v.unsqueeze(1), pairs)[0]
+        jet = plan.run(x, v.unsqueeze(1), pairs)
+        part = jet.second[0]
+        logits = jet.primal if logits is None else logits
         total = part if total is None else total + part
-    return total
+    return logits, total
 
 
 def _second_directional_rows(model, xs: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:
@@ -202,40 +222,40 @@ def hessian_normal_products(model, x, cls, predicted, method: str, h: float):
     return flat, ((gp - gm) / (2 * h)).reshape(B * K, -1)
 
 
-@torch.no_grad()  # torch.func's own vjp/jvp still run; the weights' graph is not recorded
+@torch.no_grad()  # torch.func's own transforms still run; the weights' graph is not recorded
 def _hessian_normal_vectorised(model, x, cls, predicted):
-    """Exact ``(grad, hn)`` as in :func:`hessian_normal_products`, vmapped over the K classes
-    with ``x`` unbatched: gradients by one vjp per class on a shared forward, then ``H_i n_i`` by
-    forward-over-reverse. Runs under no_grad, so weights that require grad cost nothing extra
-    (torch.func transforms ignore the outer mode for their own derivatives)."""
+    """Exact ``(grad, hn)`` as in :func:`hessian_normal_products` by reverse-over-reverse mode,
+    vmapped over the K class slots with ``x`` unbatched: the pullback of each class gradient
+    ``g_i``, applied to ``g_i`` itself, gives ``H_i g_i`` (H_i is symmetric), so the gradient and
+    ``H_i n_i = H_i g_i / ||g_i||`` come from one pass, with one shared forward per image. Runs
+    under no_grad, so weights that require grad cost nothing extra (torch.func transforms ignore
+    the outer mode for their own derivatives)."""
     B, K = cls.shape
     x = x.detach()
-    logits, pullback = vjp(model, x)
-    L = logits.shape[1]
-    one_hot = torch.nn.functional.one_hot
-    # Cotangent of F_i = f_i - f_khat for each class slot k: (K, B, L).
-    cot = (one_hot(cls, L) - one_hot(predicted, L).unsqueeze(1)).to(logits.dtype).transpose(0, 1)
-    grad = vmap(pullback)(cot)[0].reshape(K, B, -1)
-    n = grad / grad.norm(dim=2, keepdim=True).clamp_min(1e-30)
+    predicted = predicted.unsqueeze(1)
 
-    def hessian_times_normal(c, nk):
-        def gradient(y):
-            return vjp(model, y)[1](c)[0]
+    def gradient_and_hessian_gradient(slot):  # slot (B,): one competing class per image
+        def summed_margin(y):  # sum_b F_i(y_b): its gradient holds every image's g_i
+            logits = model(y)
+            return (logits.gather(1, slot.unsqueeze(1)) - logits.gather(1, predicted)).sum()
 
-        return jvp(gradient, (x,), (nk.reshape(x.shape),))[1]
+        g, pullback = vjp(torch.func.grad(summed_margin), x)
+        return g, pullback(g)[0]
 
-    hn = vmap(hessian_times_normal)(cot, n).reshape(K, B, -1)
-    return (grad.transpose(0, 1).reshape(B * K, -1).detach(),
-            hn.transpose(0, 1).reshape(B * K, -1).detach())
+    g, hg = vmap(gradient_and_hessian_gradient)(cls.transpose(0, 1))  # (K, B, *shape) each
+    g = g.transpose(0, 1).reshape(B * K, -1)
+    hg = hg.transpose(0, 1).reshape(B * K, -1)
+    return g, hg / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
 def _hessian_normal_rows(model, x, cls, predicted):
     """Fallback of :func:`_hessian_normal_vectorised`: double backward on repeated images."""
     B, K = cls.shape
-    xr, grad = class_gradients(model, x, cls, predicted, create_graph=True)
-    flat = grad.reshape(B * K, -1)
-    n = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)).detach()
-    (hn,) = torch.autograd.grad(grad, xr, grad_outputs=n.reshape(grad.shape))
+    with torch.enable_grad():  # also when called from the no_grad sums
+        xr, grad = class_gradients(model, x, cls, predicted, create_graph=True)
+        flat = grad.reshape(B * K, -1)
+        n = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)).detach()
+        (hn,) = torch.autograd.grad(grad, xr, grad_outputs=n.reshape(grad.shape))
     return flat.detach(), hn.reshape(B * K, -1).detach()
 
 
@@ -281,18 +301,20 @@ def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: t
     """``(B, K)``: ``class_curvatures(...).sum(dim=2)``, the curvature of each class summed over
     the T directions, which is all Algorithm 2 needs. Summing first,
 
-        sum_j (P v_j)^T H (P v_j) = sum_j v_j^T H v_j + n^T H (s n - 2 w),
+        sum_j (P v_j)^T H (P v_j) = sum_j v_j^T H v_j + (H n)^T (s n - 2 w),
         w = sum_j c_j v_j,  s = sum_j c_j^2,  c_j = n^T v_j,
 
-    so with ``"autograd"`` the tangent projection costs one *mixed* second derivative per class
-    (forward-over-forward with the two tangents n and s n - 2 w, vmapped over the classes) instead
-    of a Hessian-vector product (forward-over-reverse), and the sums ``v_j^T H v_j`` come from
-    :func:`logit_quadratic_form_sums` (``taylor`` as there). fd/fd2 use :func:`class_curvatures`.
+    so with ``"autograd"`` the tangent projection costs one Hessian-vector product per class (by
+    reverse-over-reverse mode, in the same pass as the class gradient: see
+    :func:`hessian_normal_products`) instead of one per class and direction, and the sums
+    ``v_j^T H v_j`` come from :func:`logit_quadratic_form_sums` (``taylor`` as there). fd/fd2 use
+    :func:`class_curvatures`.
     """
     if method != "autograd":
         return class_curvatures(model, x, cls, predicted, V, method, h, max_rows).sum(dim=2)
-    grad = _class_gradients_vectorised(model, x, cls, predicted)  # (B*K, d)
-    return _exact_sums(model, x, cls, predicted, V, grad, max_rows, taylor)
+    grad, hn = hessian_normal_products(model, x, cls, predicted, "autograd", 0.0)
+    q_logits = logit_quadratic_form_sums(model, x, V, "autograd", 0.0, max_rows, taylor)
+    return _projected_sums(q_logits, cls, predicted, V, grad, hn)
 
 
 def competing_classes(logits: torch.Tensor, classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,28 +332,18 @@ def scored_class_curvature_sums(model, x: torch.Tensor, V: torch.Tensor, classes
                                 max_rows: int = 4096, taylor: "bool | taylor_mode.Plan" = True):
     """``(logits (B, L), predicted (B,), cls (B, K), sums (B, K))``: the exact
     :func:`class_curvature_sums` over the competing classes of :func:`competing_classes`, chosen
-    from the forward pass that the class gradients run anyway (one forward pass per group fewer
-    than choosing the classes first)."""
+    from the logits that the Taylor-mode pass carries as its primal (no forward pass of their own
+    for models with a plan)."""
     x = x.detach()
-
-    def vectorised():
-        logits, pullback = vjp(model, x)
-        predicted, cls = competing_classes(logits, classes)
-        return logits, predicted, cls, _pulled_back_gradients(pullback, logits, cls, predicted)
-
-    def rows():
-        logits = model(x)
-        predicted, cls = competing_classes(logits, classes)
-        with torch.enable_grad():
-            grad = class_gradients(model, x, cls, predicted)[1]
-        return logits, predicted, cls, grad.reshape(grad.shape[0], -1)
-
-    logits, predicted, cls, grad = _vectorised_or_rows(vectorised, rows, "class gradients")
-    return logits, predicted, cls, _exact_sums(model, x, cls, predicted, V, grad, max_rows, taylor)
+    logits, q_logits = _logits_and_exact_form_sums(model, x, V, max_rows, taylor)
+    predicted, cls = competing_classes(logits, classes)
+    grad, hn = hessian_normal_products(model, x, cls, predicted, "autograd", 0.0)
+    return logits, predicted, cls, _projected_sums(q_logits, cls, predicted, V, grad, hn)
 
 
-def _exact_sums(model, x, cls, predicted, V, grad, max_rows, taylor) -> torch.Tensor:
-    """:func:`class_curvature_sums` with "autograd", given the class gradients ``grad (B*K, d)``."""
+def _projected_sums(q_logits, cls, predicted, V, grad, hn) -> torch.Tensor:
+    """``(B, K)``: :func:`class_curvature_sums` from its parts: every logit's ``sum_j v_j^T H v_j``
+    ``q_logits (B, L)``, the class gradients ``grad (B*K, d)`` and ``hn = H_i n_i (B*K, d)``."""
     B, K = cls.shape
     T = V.shape[0]
     gnorm = grad.norm(dim=1).clamp_min(1e-30)
@@ -339,67 +351,5 @@ def _exact_sums(model, x, cls, predicted, V, grad, max_rows, taylor) -> torch.Te
     Vf = V.reshape(T, -1)
     c = n @ Vf.T  # (B*K, T)
     u = (c * c).sum(dim=1, keepdim=True) * n - 2 * (c @ Vf)  # s n - 2 w, (B*K, d)
-    rows = torch.arange(B * K, device=x.device)
-    mixed = _vectorised_or_rows(lambda: _mixed_second_derivatives(model, x, n, u, K),
-                                lambda: _mixed_second_rows(model, x.repeat_interleave(K, dim=0), n, u),
-                                "mixed second derivatives")  # (B*K, L)
-    pred_rows = predicted.repeat_interleave(K)
-    bilinear = mixed[rows, cls.reshape(-1)] - mixed[rows, pred_rows]  # n^T H_i (s n - 2 w)
-    q_logits = logit_quadratic_form_sums(model, x, V, "autograd", 0.0, max_rows, taylor)  # (B, L)
     q = q_logits.gather(1, cls) - q_logits.gather(1, predicted.view(B, 1))  # (B, K)
-    return (q + bilinear.reshape(B, K)) / gnorm.reshape(B, K)
-
-
-@torch.no_grad()
-def _class_gradients_vectorised(model, x, cls, predicted) -> torch.Tensor:
-    """``(B*K, d)`` gradients of F_i = f_i - f_khat, one vjp per class slot on a shared forward
-    (row ``b*K + k`` for image b and class ``cls[b, k]``); per-row double passes on failure."""
-    B, K = cls.shape
-
-    def vectorised():
-        logits, pullback = vjp(model, x.detach())
-        return _pulled_back_gradients(pullback, logits, cls, predicted)
-
-    def rows():
-        with torch.enable_grad():
-            return class_gradients(model, x, cls, predicted)[1].reshape(B * K, -1)
-
-    return _vectorised_or_rows(vectorised, rows, "class gradients")
-
-
-def _pulled_back_gradients(pullback, logits, cls, predicted) -> torch.Tensor:
-    """``(B*K, d)``: the vjp ``pullback`` of the model at x applied to the cotangent of each
-    F_i = f_i - f_khat, vmapped over the K class slots."""
-    B, K = cls.shape
-    L = logits.shape[1]
-    one_hot = torch.nn.functional.one_hot
-    cot = (one_hot(cls, L) - one_hot(predicted, L).unsqueeze(1)).to(logits.dtype).transpose(0, 1)
-    return vmap(pullback)(cot)[0].reshape(K, B, -1).transpose(0, 1).reshape(B * K, -1)
-
-
-@torch.no_grad()
-def _mixed_second_derivatives(model, x, n, u, K: int) -> torch.Tensor:
-    """``(B*K, L)``: d^2/(da db) f(x_b + a n_r + b u_r) at 0 for every logit, rows r = b*K + k,
-    by forward-over-forward vmapped over the K class slots with ``x (B, *shape)`` unbatched."""
-    B = x.shape[0]
-    nk = n.reshape(B, K, *x.shape[1:]).transpose(0, 1)
-    uk = u.reshape(B, K, *x.shape[1:]).transpose(0, 1)
-
-    def mixed(t_inner, t_outer):
-        def directional(y):
-            return jvp(model, (y,), (t_inner,))[1]
-
-        return jvp(directional, (x,), (t_outer,))[1]
-
-    return vmap(mixed)(nk, uk).transpose(0, 1).reshape(B * K, -1)
-
-
-@torch.no_grad()
-def _mixed_second_rows(model, xs, n, u) -> torch.Tensor:
-    """Fallback of :func:`_mixed_second_derivatives` on repeated images ``xs (B*K, *shape)``."""
-    ni, ui = n.reshape(xs.shape), u.reshape(xs.shape)
-
-    def directional(y):
-        return jvp(model, (y,), (ni,))[1]
-
-    return jvp(directional, (xs,), (ui,))[1]
+    return (q + (hn * u).sum(dim=1).reshape(B, K)) / gnorm.reshape(B, K)
