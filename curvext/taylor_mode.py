@@ -19,8 +19,9 @@ Rules, per graph node (``sigma`` element-wise, ``A`` linear, ``Q`` the pairs' pr
   eval-mode batch norm, sums, products with constants): first and second rows both go through
   the node's linear part (its ``jvp``); the bias reaches only the primal.
 * element-wise ``y = sigma(z)``: ``y' = sigma'(z) z'``, ``y'' = sigma'(z) z'' + sigma''(z) Q(z', z')``,
-  with sigma' and sigma'' evaluated once, on the primal, by reverse mode (so activations without
-  forward-over-forward rules, such as SiLU, work too).
+  with sigma' and sigma'' evaluated once, on the primal: in closed form for Softplus, Tanh,
+  Sigmoid and SiLU (:mod:`curvext.activation_derivatives`), by reverse mode for the others (so
+  activations without forward-over-forward rules work too).
 * element-wise piecewise-linear (ReLU, Hardsigmoid, ...): the same with ``sigma'' = 0``, so
   only a first derivative is taken (Hardsigmoid has no double-backward formula).
 * product of two carried values ``y = a b``: ``y'' = a'' b + a b'' + 2 Q(a', b')``.
@@ -46,6 +47,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
+
+from curvext import activation_derivatives
 
 logger = logging.getLogger(__name__)
 
@@ -314,12 +317,16 @@ def _elementwise(fn, args, kwargs, pairs, piecewise_linear: bool = False):
         return grad(lambda v: call(v).sum())(value)
 
     y = call(p)
-    slope = slope_of(p)
-    rows = slope * z.rows
-    if not piecewise_linear:
+    known = None if piecewise_linear else activation_derivatives.closed_form(fn, args, kwargs)
+    if known is not None:
+        slope, bend = known(p, y)
+    else:
+        slope = slope_of(p)
         # Reverse over reverse: double-backward formulas exist for more activations than
         # forward-mode ones (SiLU has no forward-over-forward rule in torch 2.14).
-        bend = grad(lambda v: slope_of(v).sum())(p)
+        bend = None if piecewise_linear else grad(lambda v: slope_of(v).sum())(p)
+    rows = slope * z.rows
+    if bend is not None:
         rows[z.order1 :] += bend * pairs.quad(z.first, z.first)
     return Jet(y, rows, z.order1)
 

@@ -1,0 +1,95 @@
+"""curvext.activation_derivatives against torch's own derivatives (reverse mode, twice), float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import grad
+from torch.nn import functional as F
+
+from curvext import activation_derivatives, taylor_mode
+from curvext.quadratic_forms import logit_quadratic_form_sums
+
+CASES = {
+    "Softplus": (nn.Softplus(), (), {}),
+    "Softplus beta=2 threshold=5": (nn.Softplus(beta=2.0, threshold=5.0), (), {}),
+    "F.softplus positional": (F.softplus, (0.5, 4.0), {}),
+    "F.softplus keywords": (F.softplus, (), {"beta": 3.0, "threshold": 6.0}),
+    "Tanh": (nn.Tanh(), (), {}),
+    "torch.tanh": (torch.tanh, (), {}),
+    "Sigmoid": (nn.Sigmoid(), (), {}),
+    "torch.sigmoid": (torch.sigmoid, (), {}),
+    "SiLU": (nn.SiLU(), (), {}),
+    "F.silu": (F.silu, (), {}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_closed_forms_equal_reverse_mode_derivatives(name):
+    fn, extra, kwargs = CASES[name]
+    # Both signs, the flat tails and both sides of Softplus's thresholds (beta z = threshold).
+    z = torch.cat([torch.linspace(-30, 30, 2001, dtype=torch.float64),
+                   torch.tensor([4.0 / 0.5 - 1e-3, 4.0 / 0.5 + 1e-3, 2.5 - 1e-3, 2.5 + 1e-3, 2.0 - 1e-3, 2.0 + 1e-3,
+                                 20 - 1e-3, 20 + 1e-3], dtype=torch.float64)])
+
+    def sigma(v):
+        return fn(v, *extra, **kwargs)
+
+    def slope_of(v):
+        return grad(lambda w: sigma(w).sum())(v)
+
+    want_slope = slope_of(z)
+    want_bend = grad(lambda v: slope_of(v).sum())(z)
+    derivatives = activation_derivatives.closed_form(fn, (z,) + extra, kwargs)
+    assert derivatives is not None
+    slope, bend = derivatives(z, sigma(z))
+    torch.testing.assert_close(slope, want_slope, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(bend, want_bend, rtol=1e-10, atol=1e-14)
+
+
+class _ScaledSoftplus(nn.Softplus):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize("fn", [nn.GELU(), nn.ELU(), _ScaledSoftplus(), torch.exp], ids=str)
+def test_no_closed_form_for_other_activations_or_subclasses(fn):
+    assert activation_derivatives.closed_form(fn, (torch.zeros(1),), {}) is None
+
+
+class Mixed(nn.Module):
+    """Every activation with a closed form, module and function forms."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(5)
+        self.l1, self.l2, self.l3 = nn.Linear(6, 9), nn.Linear(9, 9), nn.Linear(9, 4)
+        self.act1, self.act2 = nn.Softplus(beta=1.5, threshold=2.0), nn.SiLU()
+
+    def forward(self, x):
+        h = self.act1(self.l1(x.flatten(1)))
+        h = torch.tanh(self.l2(h)) + torch.sigmoid(h) + F.softplus(h, beta=0.5)
+        return self.l3(self.act2(h) + F.silu(h))
+
+
+def test_taylor_sums_with_closed_forms_equal_the_generic_route(monkeypatch):
+    model = Mixed().double().eval()
+    x = 2 * torch.randn(5, 6, dtype=torch.float64)  # some pre-activations pass Softplus's threshold
+    V = torch.nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=1)
+    assert taylor_mode.plan_for(model) is not None
+    with torch.no_grad():
+        scaled = 1.5 * model.l1(x)
+    assert (scaled > 2.0).any() and (scaled < 2.0).any()  # both sides of act1's threshold
+    closed = logit_quadratic_form_sums(model, x, V, "autograd", 0.0)
+    calls = []
+    real = activation_derivatives.closed_form
+    monkeypatch.setattr(activation_derivatives, "closed_form", lambda *a: calls.append(a) or None)
+    generic = logit_quadratic_form_sums(model, x, V, "autograd", 0.0)
+    assert len(calls) == 6  # every activation asked, none answered ...
+    assert all(real(*call) is not None for call in calls)  # ... which the closed forms all answer
+    torch.testing.assert_close(closed, generic, rtol=1e-11, atol=1e-13)
+    # Dense Hessians of every logit (SiLU has no forward-over-forward rule: no taylor=False here).
+    dense = torch.stack([
+        torch.stack([torch.einsum("ti,ij,tj->", V, torch.autograd.functional.hessian(
+            lambda z, l=l: model(z.unsqueeze(0))[0, l], x[b]), V) for l in range(4)]) for b in range(5)])
+    torch.testing.assert_close(closed, dense, rtol=1e-10, atol=1e-12)
