@@ -4,15 +4,17 @@
 compiled :func:`curvext.quadratic_forms.scored_class_curvature_sums`. The compiler fuses the element-wise
 work of the second-order passes (activations and their first and second derivatives along every
 direction and class), which eager PyTorch runs as separate kernels. Measured on two CPU cores
-(``BENCHMARKS.md``): 1.7-1.8x on the MNIST LeNet and 1.2-1.5x on the NiN, for a one-off
+(``BENCHMARKS.md``): 1.9-2.0x on the MNIST LeNet and 1.5x on the NiN, for a one-off
 compilation of 5-40 s per model. It pays over long sweeps, not for a few images. Results equal
 the eager ones to rounding (float32: 2e-7 relative on the LeNet, 1e-5 on the NiN). The model's
 :mod:`curvext.taylor_mode` plan is looked up before compiling and passed in.
 
 The compiler runs in inductor's inference ("freezing") mode, under ``torch.no_grad``: its
-inference passes (common subexpressions merged across the three passes, constants folded) cut
-the NiN's convolutions per group from 98 to 62 and gave a further 1.2-1.3x on the MNIST NiN. In torch 2.14 the parameters stay
-inputs of the compiled graph, so in-place weight updates are seen by the next call (tested).
+inference passes merge common subexpressions across the passes (each runs the model's forward)
+and fold constants. Measured before the class part became one pass, they cut the NiN's
+convolutions per group from 98 to 62 and gave 1.2-1.3x; since then the gain is within this
+machine's noise (159-164 vs 149-157 img/s on the NiN). In torch 2.14 the parameters stay inputs
+of the compiled graph, so in-place weight updates are seen by the next call (tested).
 
 Every call sees the same shapes: a last, smaller group is padded with copies of its last image
 (and the padding's results dropped), so the function compiles once. If compilation fails (no C++
