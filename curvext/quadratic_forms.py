@@ -65,7 +65,15 @@ def _vectorised_or_rows(vectorised, rows, what: str):
         logger.warning("%s: torch.func.vmap could not batch the model (%s); falling back to "
                        "per-row passes, which repeat each image's forward pass", what,
                        str(err).splitlines()[0][:200])
+    try:
         return rows()
+    except (RuntimeError, NotImplementedError) as err:
+        if "derivative for" in str(err) or "not implemented" in str(err).lower():
+            raise RuntimeError(
+                f"{what}: the model uses an operation that PyTorch cannot differentiate twice "
+                f"({str(err).splitlines()[0][:200]}), which method='autograd' needs; use method='fd' or "
+                f"'fd2' (finite differences at a scale h)") from err
+        raise
 
 
 def _second_directional_derivatives(model, x: torch.Tensor, V: torch.Tensor) -> torch.Tensor:

@@ -227,3 +227,16 @@ def test_scored_sums_choose_the_classes_from_their_own_forward_pass(monkeypatch,
     assert torch.equal(got_cls, cls)
     torch.testing.assert_close(sums, class_curvature_sums(model, x, cls, pred, V, "autograd", 0.0),
                                rtol=1e-12, atol=1e-14)
+
+
+def test_a_model_torch_cannot_differentiate_twice_gets_a_clear_error():
+    """Hardsigmoid (MobileNetV3's gates) has no double-backward formula in PyTorch: the exact
+    method cannot run, and the error says which methods can."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Hardsigmoid(),
+                                torch.nn.Linear(8, 3)).double().eval()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    cls, pred = torch.tensor([[1, 2], [0, 2]]), torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match=r"cannot differentiate twice.*method='fd' or 'fd2'"):
+        hessian_normal_products(model, x, cls, pred, "autograd", 0.0)
+    grad, hn = hessian_normal_products(model, x, cls, pred, "fd", 1e-3)  # the alternative runs
+    assert torch.isfinite(hn).all()
