@@ -39,7 +39,7 @@ import warnings
 import torch
 from torch.func import jvp, vjp, vmap
 
-from curvext import taylor_mode
+from curvext import forward_mode, taylor_mode
 
 with warnings.catch_warnings():
     # torch's own forward-mode decompositions call the deprecated torch.jit.script when first
@@ -88,7 +88,8 @@ def _second_directional_derivatives(model, x: torch.Tensor, V: torch.Tensor) -> 
 
         return jvp(directional, (x,), (vb,))[1]
 
-    return vmap(along)(V).transpose(0, 1)
+    with forward_mode.corrected():  # layer norm's nested rule is wrong in torch
+        return vmap(along)(V).transpose(0, 1)
 
 
 @torch.no_grad()  # forward passes and forward-mode AD only: no reverse graph over the weights
@@ -193,7 +194,8 @@ def _second_directional_rows(model, xs: torch.Tensor, vs: torch.Tensor) -> torch
     def directional(y):
         return jvp(model, (y,), (vs,))[1]
 
-    return jvp(directional, (xs,), (vs,))[1]
+    with forward_mode.corrected():
+        return jvp(directional, (xs,), (vs,))[1]
 
 
 def class_gradients(model, x: torch.Tensor, cls: torch.Tensor, predicted: torch.Tensor,
