@@ -25,11 +25,15 @@ Rules, per graph node (``sigma`` element-wise, ``A`` linear, ``Q`` the pairs' pr
 * element-wise piecewise-linear (ReLU, Hardsigmoid, ...): the same with ``sigma'' = 0``, so
   only a first derivative is taken (Hardsigmoid has no double-backward formula).
 * product of two carried values ``y = a b``: ``y'' = a'' b + a b'' + 2 Q(a', b')``.
+* smooth per-image maps that are not element-wise (layer, group and RMS norm; softmax,
+  log-softmax and ``F.normalize`` over a non-batch dimension): ``y' = J z'``,
+  ``y'' = J z'' + sum over pairs of D^2 f[z'_a, z'_b]``, the last by forward-over-forward mode
+  at that node alone, so the rest of the graph keeps one row per target.
 * shape queries (``size``, ``dim``) read the primal.
 
-A model whose graph has any other operation on the carried value (softmax, normalisation
-layers, data-dependent control flow that ``torch.fx`` cannot trace, several outputs) gets no
-plan: :func:`plan_for` returns None and callers fall back to ``torch.func`` forward-over-forward.
+A model whose graph has any other operation on the carried value (matrix products of two
+carried values as in attention, batch statistics, data-dependent control flow that
+``torch.fx`` cannot trace, several outputs) gets no plan: :func:`plan_for` returns None and callers fall back to ``torch.func`` forward-over-forward.
 Before its first use a plan's output is compared once with the model's own (:func:`checked`):
 in-place updates through aliases, which ``torch.fx`` records as out-of-place operations, make
 them differ, and the model then falls back too. Plans are cached per model and rebuilt when a
@@ -48,7 +52,7 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vmap
 
-from curvext import activation_derivatives
+from curvext import activation_derivatives, forward_mode
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +68,9 @@ _EVAL_LINEAR_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropo
                         nn.Dropout3d, nn.AlphaDropout)
 _ELEMENTWISE_MODULES = (nn.Softplus, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
                         nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Hardswish)
+#: smooth, per image, not element-wise (normalisation over an image's own features, softmax over
+#: a non-batch dimension): taken node by node with forward-over-forward mode (rule ``smooth``).
+_SMOOTH_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.Softmax, nn.LogSoftmax, nn.Softmin)
 #: element-wise and piecewise linear: second derivative zero almost everywhere (Hardsigmoid, as in
 #: MobileNetV3, has no double-backward formula, so the smooth rule could not differentiate it twice).
 _PIECEWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Hardsigmoid)
@@ -80,6 +87,9 @@ _ELEMENTWISE_NAMES = frozenset({
     "softplus", "tanh", "sigmoid", "gelu", "silu", "elu", "celu", "selu", "mish", "softsign", "logsigmoid",
     "hardswish", "exp", "log", "log1p", "expm1", "sin", "cos", "square", "sqrt", "rsqrt", "reciprocal", "erf", "pow"})
 _PIECEWISE_NAMES = frozenset({"relu", "relu6", "leaky_relu", "hardtanh", "hardsigmoid"})
+_SMOOTH_NAMES = frozenset({"layer_norm", "group_norm", "rms_norm"})
+#: smooth over a ``dim`` (second argument or keyword), which must not be the batch's.
+_SMOOTH_DIM_NAMES = frozenset({"softmax", "log_softmax", "softmin", "normalize"})
 # Linear in every carried argument (which may sit in lists: cat, stack).
 _MULTI_LINEAR_NAMES = frozenset({"add", "sub", "cat", "concat", "concatenate", "stack"})
 _PRODUCT_NAMES = frozenset({"mul"})
@@ -137,6 +147,23 @@ class Pairs:
             else:
                 out[targets] += 0.5 * (a[left] * b[right] + a[right] * b[left])
         return out
+
+
+    def apply(self, second, first: torch.Tensor) -> torch.Tensor:
+        """``(S, ...)``: each target's sum of ``second(t_a, t_b)``, a symmetric bilinear map
+        batched over its leading dimension, over its pairs of rows of ``first (R, ...)``."""
+        out = None
+        if self.squares is not None:
+            rows, target = self.squares
+            part = second(first[rows], first[rows]).sum(dim=0)
+            out = part.new_zeros((self.count,) + part.shape)
+            out[target] += part
+        if self.products is not None:
+            left, right, targets = self.products
+            part = second(first[left], first[right])
+            out = part.new_zeros((self.count,) + part.shape[1:]) if out is None else out
+            out[targets] += part
+        return 0 if out is None else out
 
 
 @dataclass(frozen=True)
@@ -336,6 +363,29 @@ def _piecewise(fn, args, kwargs, pairs):
     return _elementwise(fn, args, kwargs, pairs, piecewise_linear=True)
 
 
+def _smooth(fn, args, kwargs, pairs):
+    """A smooth per-image map ``y = f(z)`` that is not element-wise (layer norm, softmax): every
+    row through its jvp, and each pair's ``D^2 f(z)[t_a, t_b]`` by forward-over-forward mode at
+    this node only (vmapped over the pairs), so the rest of the graph keeps its collapsed rows."""
+    (z,) = _jets((args, kwargs))
+    p = z.primal
+
+    def call(value):
+        a, k = _substituted((args, kwargs), [value])
+        return fn(*a, **k)
+
+    def tangent(t):
+        return jvp(call, (p,), (t,))
+
+    def second(a, b):
+        return jvp(lambda w: jvp(call, (w,), (a,))[1], (p,), (b,))[1]
+
+    y, rows = vmap(tangent, out_dims=(None, 0))(z.rows)
+    with forward_mode.corrected():  # layer norm's nested forward rule is wrong in torch
+        rows[z.order1 :] += pairs.apply(vmap(second), z.first)
+    return Jet(y, rows, z.order1)
+
+
 def _product(fn, args, kwargs, pairs):
     """``y = a * b`` with both factors carried (one carried factor is a linear node)."""
     a, b = _jets((args, kwargs))
@@ -354,6 +404,7 @@ def _broadcast_rows(jet: Jet, shape: torch.Size) -> torch.Tensor:
 
 
 _RULES = {"plain": _plain, "shape": _shape, "linear": _linear, "elementwise": _elementwise, "piecewise": _piecewise,
+          "smooth": _smooth,
           "product": _product}
 
 
@@ -386,10 +437,14 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
         if isinstance(module, _EVAL_LINEAR_MODULES):
             stateful.append(node.target)
             return "linear"
+        if isinstance(module, _SMOOTH_MODULES):
+            return "smooth" if _per_image_dim(getattr(module, "dim", 1)) else None
         for classes, kind in ((_ELEMENTWISE_MODULES, "elementwise"), (_PIECEWISE_MODULES, "piecewise")):
             if isinstance(module, classes):
                 return kind if _inplace_safe(model, node, getattr(module, "inplace", False)) else None
         return None
+    if _is_inactive_stochastic_depth(node) and only_first:
+        return "linear"  # torchvision's residual-branch dropout, the identity in eval mode
     name = _name(node.target)
     if name.endswith("_") and not name.startswith("__"):
         return None  # in-place methods and functions (relu_, add_) would overwrite a carried primal
@@ -401,8 +456,6 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
         if name.endswith("pool1d") or name.endswith("pool2d") or name.endswith("pool3d"):
             if node.kwargs.get("return_indices", False):
                 return None
-        if name == "pad" and node.kwargs.get("mode", "constant") != "constant":
-            return None  # reflect/replicate padding is linear too, but keep to what is tested
         return "linear"
     if name in _MULTI_LINEAR_NAMES and not carried_kwargs:
         return "linear"
@@ -410,6 +463,12 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
         return "product" if len(carried_args) == 2 else "linear"
     if name in _DIVISION_NAMES and only_first:
         return "linear"
+    if name in _SMOOTH_NAMES and only_first:
+        return "smooth"
+    if name in _SMOOTH_DIM_NAMES and only_first:
+        default = 1 if name == "normalize" else None
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", default)
+        return "smooth" if _per_image_dim(dim) else None
     if name in _PIECEWISE_NAMES and only_first:
         return "piecewise" if _inplace_safe(model, node, node.kwargs.get("inplace", False)) else None
     if name in _ELEMENTWISE_NAMES and only_first:
@@ -417,6 +476,23 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
             return None  # a tensor exponent may broadcast the output beyond the input's shape
         return "elementwise" if _inplace_safe(model, node, node.kwargs.get("inplace", False)) else None
     return None
+
+
+def _is_inactive_stochastic_depth(node: torch.fx.Node) -> bool:
+    """``torchvision.ops.stochastic_depth(input, p, mode, training)`` traced with training False."""
+    target = node.target
+    if getattr(target, "__name__", "") != "stochastic_depth":
+        return False
+    if not (getattr(target, "__module__", "") or "").startswith("torchvision.ops"):
+        return False
+    training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+    return training is False
+
+
+def _per_image_dim(dim) -> bool:
+    """Whether a softmax/normalisation ``dim`` stays within each image: given, constant and not
+    the batch's (a missing ``dim`` makes softmax pick one by the input's rank)."""
+    return isinstance(dim, int) and dim != 0
 
 
 def _inplace_safe(model: nn.Module, node: torch.fx.Node, inplace: bool) -> bool:
@@ -479,7 +555,7 @@ def build_plan(model: nn.Module) -> Plan | None:
             kind = _classify(model, node, carried, stateful)
             if kind is None:
                 return _no_plan(model, f"no rule for {node.op} {node.target}")
-        if kind in ("input", "linear", "elementwise", "piecewise", "product"):
+        if kind in ("input", "linear", "elementwise", "piecewise", "product", "smooth"):
             carried.add(node.name)
         kinds.append(kind)
     last_use: dict[str, int] = {}

@@ -140,9 +140,24 @@ def test_inplace_relu_with_a_residual_keeps_the_primal():
                                rtol=1e-10, atol=1e-13)
 
 
-class Softmaxed(nn.Module):
+class SoftmaxOverTheBatch(nn.Module):
     def forward(self, x):
-        return torch.softmax(x.flatten(1), dim=1)
+        return torch.softmax(x.flatten(1), dim=0)  # mixes the images: not a per-image map
+
+
+class SoftmaxWithoutDim(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.softmax = nn.Softmax()  # dim=None: torch picks one by the input's rank
+
+    def forward(self, x):
+        return self.softmax(x.flatten(1))
+
+
+class Attention(nn.Module):
+    def forward(self, x):
+        z = x.flatten(2)  # (B, C, HW)
+        return (torch.softmax(z @ z.transpose(1, 2), dim=-1) @ z).flatten(1)  # matrix product of carried values
 
 
 class DataDependent(nn.Module):
@@ -167,17 +182,18 @@ class InplaceMethod(nn.Module):
         return x.flatten(1).tanh_()
 
 
-class Normed(nn.Module):
+class BatchStatistics(nn.Module):
     def __init__(self):
         super().__init__()
-        self.norm = nn.LayerNorm(4)
+        self.norm = nn.BatchNorm1d(4, track_running_stats=False)
 
     def forward(self, x):
         return self.norm(x.flatten(1))
 
 
-@pytest.mark.parametrize("model", [Softmaxed(), DataDependent(), TwoOutputs(), InplaceReused(), InplaceMethod(),
-                                   Normed()], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("model", [SoftmaxOverTheBatch(), SoftmaxWithoutDim(), Attention(), DataDependent(),
+                                   TwoOutputs(), InplaceReused(), InplaceMethod(), BatchStatistics()],
+                         ids=lambda m: type(m).__name__)
 def test_models_without_rules_get_no_plan_and_fall_back(model, caplog):
     model.double().eval()
     with caplog.at_level(logging.INFO, logger="curvext.taylor_mode"):
@@ -185,7 +201,8 @@ def test_models_without_rules_get_no_plan_and_fall_back(model, caplog):
     assert caplog.records, "the reason is logged"
     x = torch.rand(2, 1, 2, 2, dtype=torch.float64) + 0.1
     V = unit_rows(3, x.shape[1:])
-    if not isinstance(model, (DataDependent, TwoOutputs, InplaceReused, InplaceMethod)):
+    if not isinstance(model, (DataDependent, TwoOutputs, InplaceReused, InplaceMethod, SoftmaxOverTheBatch,
+                              BatchStatistics)):
         # The fallback still answers: forward-over-forward mode.
         torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
                                    logit_quadratic_forms(model, x, V, "autograd", 0.0).sum(dim=1))
@@ -201,13 +218,13 @@ def test_batch_norm_in_training_mode_disables_the_plan():
 
 
 def test_a_replaced_module_gets_a_new_plan():
-    """The rules were chosen per module class: swapping an activation for a normalisation layer
-    must not keep the element-wise rule."""
+    """The rules were chosen per module class: swapping an activation for a batch-statistics
+    layer must not keep the element-wise rule."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Softplus(), nn.Linear(4, 3)).double().eval()
     x = torch.rand(2, 1, 2, 2, dtype=torch.float64)
     V = unit_rows(3, x.shape[1:])
     assert taylor_mode.plan_for(model) is not None
-    model[2] = nn.LayerNorm(4).double()
+    model[2] = nn.BatchNorm1d(4, track_running_stats=False).double()
     assert taylor_mode.plan_for(model) is None
     torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
                                logit_quadratic_forms(model, x, V, "autograd", 0.0).sum(dim=1))
@@ -419,3 +436,66 @@ def test_torchvision_mobilenet_v3_gets_a_plan():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     assert taylor_mode.plan_for(model) is not None
+
+
+class SmoothPerImage(nn.Module):
+    """Every map of the ``smooth`` rule, and padding modes other than zeros."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.group_norm = nn.GroupNorm(2, 4)
+        self.layer_norm = nn.LayerNorm(16)
+        self.rms_norm = nn.RMSNorm(16)
+        self.log_softmax = nn.LogSoftmax(dim=1)
+        self.linear = nn.Linear(16, 5)
+        with torch.no_grad():  # affine parameters away from their identity defaults
+            for norm in (self.group_norm, self.layer_norm):
+                norm.weight.normal_()
+                norm.bias.normal_()
+            self.rms_norm.weight.normal_()
+
+    def forward(self, x):
+        h = self.conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))  # (B, 4, 4, 4)
+        h = torch.tanh(self.group_norm(h)).flatten(2)  # (B, 4, 16)
+        h = self.layer_norm(h) + F.softmax(h, dim=-1) * 3 + F.normalize(h, dim=2)
+        h = self.rms_norm(h).sum(1) + torch.log_softmax(h, dim=2).mean(1)  # (B, 16)
+        return self.log_softmax(self.linear(h))
+
+
+def test_smooth_per_image_maps_match_dense_hessians():
+    model = SmoothPerImage().double().eval()
+    plan = taylor_mode.plan_for(model)
+    assert plan is not None and "smooth" in {step.kind for step in plan.steps}
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    H = dense_hessians(model, x)
+    V = unit_rows(3, x.shape[1:])
+    Vf = V.reshape(3, -1)
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
+                               torch.einsum("jd,blde,je->bl", Vf, H, Vf), rtol=1e-10, atol=1e-12)
+    # Mixed targets (the pairs' products) through the same nodes.
+    t = unit_rows(2 * 4, x.shape[1:]).reshape(4, 2, *x.shape[1:])
+    pairs = taylor_mode.Pairs(3, squares=(slice(0, 2), 0), products=(slice(2, 4), slice(0, 2), slice(1, 3)))
+    got = taylor_mode.second_order_sums(plan, x, t, pairs)
+    tf = t.reshape(4, 2, -1)
+
+    def form(a, b):
+        return torch.einsum("bd,blde,be->bl", tf[a], H, tf[b])
+
+    torch.testing.assert_close(got[0], form(0, 0) + form(1, 1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[1], form(2, 0), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[2], form(3, 1), rtol=1e-10, atol=1e-12)
+
+
+def test_torchvision_convnext_gets_a_plan_that_matches_forward_over_forward_mode():
+    """Layer norm over channels-last features, GELU, depthwise convolutions, layer scale."""
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.convnext_tiny(num_classes=4).double().eval()
+    plan = taylor_mode.plan_for(model)
+    assert plan is not None and "smooth" in {step.kind for step in plan.steps}
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    V = unit_rows(2, x.shape[1:])
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
+                               logit_quadratic_form_sums(model, x, V, "autograd", 0.0, taylor=False),
+                               rtol=1e-9, atol=1e-12)
