@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from curvext import _model_checks
+from curvext import _model_checks, forward_mode
 from curvext.quadratic_forms import METHODS, class_curvature_sums, competing_classes, scored_class_curvature_sums
 
 logger = logging.getLogger(__name__)
@@ -204,6 +204,8 @@ class CurvatureDetector:
     def score(self, x: torch.Tensor) -> Scores:
         """Algorithm 2's rho, per-class curvature sums and predicted labels for ``x (B, C, H, W)``."""
         _model_checks.check_images(x, "x", self.input_range)
+        if self.method == "autograd":
+            forward_mode.verify_once(self.model, x)  # once per model: torch's nested forward rules
         V = self.directions(x.shape[1:], x.device, x.dtype)
         parts = [self._score_batch(x[i : i + self.batch_size], V) for i in range(0, x.shape[0], self.batch_size)]
         return Scores(*(torch.cat([p[k] for p in parts]) for k in range(4)))

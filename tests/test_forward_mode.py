@@ -95,3 +95,44 @@ def test_quadratic_forms_of_a_layer_norm_model_without_a_plan_match_dense_hessia
     torch.testing.assert_close(logit_quadratic_forms(model, x, V, "autograd", 0.0), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0), expected.sum(dim=1),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_the_detector_refuses_a_model_whose_nested_forward_rule_is_wrong(monkeypatch):
+    """Without the layer-norm correction (as for an operation curvext does not know about), the
+    one-off comparison with reverse mode catches the wrong second derivatives."""
+    from curvext.detect import CurvatureDetector
+
+    monkeypatch.setattr(forward_mode, "_REPLACED", {})  # torch's own (wrong) nested rule
+    model = NormedAttention().eval()
+    x = torch.rand(3, 1, 4, 4)
+    with pytest.raises(RuntimeError, match=r"disagrees with reverse mode.*method='fd' or 'fd2'"):
+        CurvatureDetector(model, num_directions=2, method="autograd").score(x)
+    CurvatureDetector(model, num_directions=2, method="fd2").score(x)  # finite differences need no check
+
+
+def test_the_check_runs_once_per_model_and_again_after_a_module_swap(monkeypatch):
+    from curvext.detect import CurvatureDetector
+
+    model = NormedAttention().eval()
+    x = torch.rand(3, 1, 4, 4)
+    checked = []
+    real = forward_mode._check_against_reverse_mode
+    monkeypatch.setattr(forward_mode, "_check_against_reverse_mode", lambda m, *a: checked.append(m) or real(m, *a))
+    det = CurvatureDetector(model, num_directions=2, method="autograd")
+    det.score(x)
+    det.score(x)
+    CurvatureDetector(model, num_directions=3, method="autograd").score(x)
+    assert checked == [model]
+    model.head = nn.Linear(6, 3)
+    det.score(x)
+    assert checked == [model, model]
+
+
+def test_a_model_without_second_derivatives_gets_the_passes_clear_error():
+    """Hardsigmoid has no double-backward rule: the check cannot run, and the exact passes then
+    raise their own error naming the alternatives."""
+    from curvext.detect import CurvatureDetector
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Hardsigmoid(), nn.Linear(8, 3)).eval()
+    with pytest.raises(RuntimeError, match="cannot differentiate twice"):
+        CurvatureDetector(model, num_directions=2, method="autograd").score(torch.rand(2, 1, 4, 4))
