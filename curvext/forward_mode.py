@@ -20,6 +20,7 @@ raises when they disagree instead of returning wrong curvatures.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import weakref
@@ -27,6 +28,7 @@ import weakref
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 logger = logging.getLogger(__name__)
@@ -62,10 +64,15 @@ class _Corrected(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def corrected() -> TorchFunctionMode:
-    """A context (``with forward_mode.corrected(): ...``) in which the operations with a wrong
-    nested forward-mode rule run as their decompositions."""
-    return _Corrected()
+@contextlib.contextmanager
+def corrected():
+    """A context (``with forward_mode.corrected(): ...``) for second-order passes: operations
+    with a wrong nested forward-mode rule run as their decompositions, and scaled-dot-product
+    attention (``nn.MultiheadAttention``, ViTs) on its math backend, whose elementary operations
+    have forward-mode and double-backward rules (torch 2.14's fused CPU flash kernel has
+    neither)."""
+    with sdpa_kernel([SDPBackend.MATH]), _Corrected():
+        yield
 
 
 #: models verified by :func:`verify_once`, with the module signature they were verified for.
@@ -107,7 +114,7 @@ def _check_against_reverse_mode(model: nn.Module, x: torch.Tensor, directions: i
         forward = logit_quadratic_form_sums(reference, image, V, "autograd", 0.0)[0, top]
         backward = torch.zeros_like(forward)
         point = image.clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), corrected():  # reverse mode is right either way; attention needs a backend
             for i, l in enumerate(top.tolist()):
                 (gradient,) = torch.autograd.grad(reference(point)[0, l], point, create_graph=True)
                 for v in V:

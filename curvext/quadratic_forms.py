@@ -252,7 +252,8 @@ def _hessian_normal_vectorised(model, x, cls, predicted):
         g, pullback = vjp(torch.func.grad(summed_margin), x)
         return g, pullback(g)[0]
 
-    g, hg = vmap(gradient_and_hessian_gradient)(cls.transpose(0, 1))  # (K, B, *shape) each
+    with forward_mode.corrected():  # attention on a backend with double-backward rules
+        g, hg = vmap(gradient_and_hessian_gradient)(cls.transpose(0, 1))  # (K, B, *shape) each
     g = g.transpose(0, 1).reshape(B * K, -1)
     hg = hg.transpose(0, 1).reshape(B * K, -1)
     return g, hg / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
@@ -261,7 +262,7 @@ def _hessian_normal_vectorised(model, x, cls, predicted):
 def _hessian_normal_rows(model, x, cls, predicted):
     """Fallback of :func:`_hessian_normal_vectorised`: double backward on repeated images."""
     B, K = cls.shape
-    with torch.enable_grad():  # also when called from the no_grad sums
+    with torch.enable_grad(), forward_mode.corrected():  # also when called from the no_grad sums
         xr, grad = class_gradients(model, x, cls, predicted, create_graph=True)
         flat = grad.reshape(B * K, -1)
         n = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)).detach()

@@ -24,15 +24,16 @@ Rules, per graph node (``sigma`` element-wise, ``A`` linear, ``Q`` the pairs' pr
   activations without forward-over-forward rules work too).
 * element-wise piecewise-linear (ReLU, Hardsigmoid, ...): the same with ``sigma'' = 0``, so
   only a first derivative is taken (Hardsigmoid has no double-backward formula).
-* product of two carried values ``y = a b``: ``y'' = a'' b + a b'' + 2 Q(a', b')``.
+* product of two carried values ``y = a b``: ``y'' = a'' b + a b'' + 2 Q(a', b')``; the same
+  with matrix products for ``a @ b`` (attention), ``Q`` then taking matrix products of the rows.
 * smooth per-image maps that are not element-wise (layer, group and RMS norm; softmax,
   log-softmax and ``F.normalize`` over a non-batch dimension): ``y' = J z'``,
   ``y'' = J z'' + sum over pairs of D^2 f[z'_a, z'_b]``, the last by forward-over-forward mode
   at that node alone, so the rest of the graph keeps one row per target.
 * shape queries (``size``, ``dim``) read the primal.
 
-A model whose graph has any other operation on the carried value (matrix products of two
-carried values as in attention, batch statistics, data-dependent control flow that
+A model whose graph has any other operation on the carried value (attention modules such as
+``nn.MultiheadAttention``, which ``torch.fx`` keeps whole, batch statistics, data-dependent control flow that
 ``torch.fx`` cannot trace, several outputs) gets no plan: :func:`plan_for` returns None and callers fall back to ``torch.func`` forward-over-forward.
 Before its first use a plan's output is compared once with the model's own (:func:`checked`):
 in-place updates through aliases, which ``torch.fx`` records as out-of-place operations, make
@@ -93,6 +94,7 @@ _SMOOTH_DIM_NAMES = frozenset({"softmax", "log_softmax", "softmin", "normalize"}
 # Linear in every carried argument (which may sit in lists: cat, stack).
 _MULTI_LINEAR_NAMES = frozenset({"add", "sub", "cat", "concat", "concatenate", "stack"})
 _PRODUCT_NAMES = frozenset({"mul"})
+_MATRIX_PRODUCT_NAMES = frozenset({"matmul", "bmm"})
 _DIVISION_NAMES = frozenset({"truediv", "div"})
 _SHAPE_NAMES = frozenset({"size", "dim", "numel"})
 #: attributes read with getattr that are metadata, not values (x.T or x.data are not).
@@ -134,20 +136,24 @@ class Pairs:
     squares: tuple[slice, int] | None = None
     products: tuple[slice, slice, slice] | None = None
 
-    def quad(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``(S, ...)``: the symmetric bilinear form ``Q(a, b)`` of the pairs on rows ``a, b (R, ...)``."""
-        out = a.new_zeros((self.count,) + a.shape[1:])
+    def quad(self, a: torch.Tensor, b: torch.Tensor, op=torch.mul) -> torch.Tensor:
+        """``(S, ...)``: the symmetrised bilinear form ``Q(a, b)`` of the pairs on rows ``a, b (R, ...)``
+        with the product ``op`` (element-wise by default; ``torch.matmul`` for matrix products):
+        a square contributes ``op(a_j, b_j)``, a pair ``(op(a_l, b_r) + op(a_r, b_l)) / 2``."""
+        if a is b and op is torch.mul:  # one value squared: op commutes, half the work
+            return self.apply(torch.mul, a)
+        out = None
         if self.squares is not None:
             rows, target = self.squares
-            out[target] += (a[rows] * b[rows]).sum(dim=0)
+            part = op(a[rows], b[rows]).sum(dim=0)
+            out = part.new_zeros((self.count,) + part.shape)
+            out[target] += part
         if self.products is not None:
             left, right, targets = self.products
-            if a is b:
-                out[targets] += a[left] * a[right]
-            else:
-                out[targets] += 0.5 * (a[left] * b[right] + a[right] * b[left])
-        return out
-
+            part = 0.5 * (op(a[left], b[right]) + op(a[right], b[left]))
+            out = part.new_zeros((self.count,) + part.shape[1:]) if out is None else out
+            out[targets] += part
+        return 0 if out is None else out
 
     def apply(self, second, first: torch.Tensor) -> torch.Tensor:
         """``(S, ...)``: each target's sum of ``second(t_a, t_b)``, a symmetric bilinear map
@@ -396,6 +402,15 @@ def _product(fn, args, kwargs, pairs):
     return Jet(a.primal * b.primal, rows, a.order1)
 
 
+def _matrix_product(fn, args, kwargs, pairs):
+    """``y = a @ b`` with both factors carried (attention's scores and weighted values):
+    ``y'' = a'' b + a b'' + 2 Q(a', b')`` with matrix products (leading dimensions broadcast)."""
+    a, b = _jets((args, kwargs))
+    rows = torch.matmul(a.rows, b.primal) + torch.matmul(a.primal, b.rows)
+    rows[a.order1 :] += 2 * pairs.quad(a.first, b.first, torch.matmul)
+    return Jet(torch.matmul(a.primal, b.primal), rows, a.order1)
+
+
 def _broadcast_rows(jet: Jet, shape: torch.Size) -> torch.Tensor:
     """``jet.rows (N, *p)`` expanded to ``(N, *shape)``, aligned from the right as the primal
     ``p`` broadcasts to ``shape`` (a per-channel gate times a feature map)."""
@@ -404,8 +419,7 @@ def _broadcast_rows(jet: Jet, shape: torch.Size) -> torch.Tensor:
 
 
 _RULES = {"plain": _plain, "shape": _shape, "linear": _linear, "elementwise": _elementwise, "piecewise": _piecewise,
-          "smooth": _smooth,
-          "product": _product}
+          "smooth": _smooth, "product": _product, "matrix_product": _matrix_product}
 
 
 def _name(target) -> str:
@@ -461,6 +475,8 @@ def _classify(model: nn.Module, node: torch.fx.Node, carried: set[str], stateful
         return "linear"
     if name in _PRODUCT_NAMES and not carried_kwargs:
         return "product" if len(carried_args) == 2 else "linear"
+    if name in _MATRIX_PRODUCT_NAMES and not carried_kwargs and len(node.args) == 2:
+        return "matrix_product" if len(carried_args) == 2 else "linear"
     if name in _DIVISION_NAMES and only_first:
         return "linear"
     if name in _SMOOTH_NAMES and only_first:
@@ -555,7 +571,7 @@ def build_plan(model: nn.Module) -> Plan | None:
             kind = _classify(model, node, carried, stateful)
             if kind is None:
                 return _no_plan(model, f"no rule for {node.op} {node.target}")
-        if kind in ("input", "linear", "elementwise", "piecewise", "product", "smooth"):
+        if kind in ("input", "linear", "elementwise", "piecewise", "product", "smooth", "matrix_product"):
             carried.add(node.name)
         kinds.append(kind)
     last_use: dict[str, int] = {}

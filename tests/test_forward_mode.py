@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, jvp
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from curvext import forward_mode, taylor_mode
 from curvext.quadratic_forms import logit_quadratic_form_sums, logit_quadratic_forms
@@ -66,30 +67,34 @@ def test_the_decomposition_equals_torch_layer_norm():
 
 
 class NormedAttention(nn.Module):
-    """A transformer-style block: no Taylor-mode plan (a matrix product of two carried values),
-    so the quadratic forms take the vmapped forward-over-forward path."""
+    """A transformer-style block: no Taylor-mode plan (``nn.MultiheadAttention`` is a leaf of
+    ``torch.fx``), so the quadratic forms take the vmapped forward-over-forward path."""
 
     def __init__(self):
         super().__init__()
         torch.manual_seed(1)
         self.embed, self.norm, self.head = nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 3)
+        self.attention = nn.MultiheadAttention(6, 2, batch_first=True)
         with torch.no_grad():
             self.norm.weight.normal_()
 
     def forward(self, x):
         tokens = self.embed(x.reshape(x.shape[0], 4, 4))  # (B, 4 tokens, 6)
         h = self.norm(tokens)
-        h = torch.softmax(h @ h.transpose(1, 2), dim=-1) @ h
+        h = self.attention(h, h, h, need_weights=False)[0]
         return self.head(h.mean(dim=1))
 
 
-def test_quadratic_forms_of_a_layer_norm_model_without_a_plan_match_dense_hessians():
+def test_quadratic_forms_of_an_attention_model_without_a_plan_match_dense_hessians():
+    """Layer norm (a wrong nested forward rule) and nn.MultiheadAttention (the fused CPU
+    attention kernel has no forward-mode rule) on the vmapped forward-over-forward path."""
     model = NormedAttention().double().eval()
     assert taylor_mode.plan_for(model) is None
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     V = F.normalize(torch.randn(3, 16, dtype=torch.float64), dim=1).reshape(3, 1, 4, 4)
-    dense = torch.stack([jacrev(jacrev(lambda z: model(z.reshape(1, 1, 4, 4))[0]))(x[b].reshape(-1))
-                         for b in range(2)])  # (B, L, d, d)
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused CPU attention kernel has no double backward
+        dense = torch.stack([jacrev(jacrev(lambda z: model(z.reshape(1, 1, 4, 4))[0]))(x[b].reshape(-1))
+                             for b in range(2)])  # (B, L, d, d)
     Vf = V.reshape(3, -1)
     expected = torch.einsum("jd,blde,je->bjl", Vf, dense, Vf)
     torch.testing.assert_close(logit_quadratic_forms(model, x, V, "autograd", 0.0), expected, rtol=1e-10, atol=1e-12)

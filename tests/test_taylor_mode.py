@@ -154,10 +154,14 @@ class SoftmaxWithoutDim(nn.Module):
         return self.softmax(x.flatten(1))
 
 
-class Attention(nn.Module):
+class AttentionModule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(4, 1, batch_first=True)  # a leaf of torch.fx: no rule
+
     def forward(self, x):
         z = x.flatten(2)  # (B, C, HW)
-        return (torch.softmax(z @ z.transpose(1, 2), dim=-1) @ z).flatten(1)  # matrix product of carried values
+        return self.attention(z, z, z, need_weights=False)[0].flatten(1)
 
 
 class DataDependent(nn.Module):
@@ -191,7 +195,7 @@ class BatchStatistics(nn.Module):
         return self.norm(x.flatten(1))
 
 
-@pytest.mark.parametrize("model", [SoftmaxOverTheBatch(), SoftmaxWithoutDim(), Attention(), DataDependent(),
+@pytest.mark.parametrize("model", [SoftmaxOverTheBatch(), SoftmaxWithoutDim(), AttentionModule(), DataDependent(),
                                    TwoOutputs(), InplaceReused(), InplaceMethod(), BatchStatistics()],
                          ids=lambda m: type(m).__name__)
 def test_models_without_rules_get_no_plan_and_fall_back(model, caplog):
@@ -499,3 +503,35 @@ def test_torchvision_convnext_gets_a_plan_that_matches_forward_over_forward_mode
     torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
                                logit_quadratic_form_sums(model, x, V, "autograd", 0.0, taylor=False),
                                rtol=1e-9, atol=1e-12)
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention written out: matrix products of two computed tensors."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.q, self.k, self.v, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        tokens = x.reshape(x.shape[0], 4, 4)
+        q, k, v = self.q(tokens), self.k(tokens), self.v(tokens)
+        weights = torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1)
+        return self.out(torch.bmm(weights, v).mean(dim=1) + torch.matmul(q, k.transpose(1, 2)).sum(dim=1))
+
+
+def test_matrix_products_of_computed_tensors_match_dense_hessians():
+    model = SelfAttention().double().eval()
+    plan = taylor_mode.plan_for(model)
+    assert plan is not None and "matrix_product" in {step.kind for step in plan.steps}
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    H = dense_hessians(model, x)
+    V = unit_rows(3, x.shape[1:])
+    Vf = V.reshape(3, -1)
+    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
+                               torch.einsum("jd,blde,je->bl", Vf, H, Vf), rtol=1e-10, atol=1e-12)
+    t = unit_rows(2 * 4, x.shape[1:]).reshape(4, 2, *x.shape[1:])
+    pairs = taylor_mode.Pairs(2, squares=(slice(0, 2), 0), products=(slice(2, 3), slice(3, 4), slice(1, 2)))
+    got = taylor_mode.second_order_sums(plan, x, t, pairs)
+    tf = t.reshape(4, 2, -1)
+    torch.testing.assert_close(got[1], torch.einsum("bd,blde,be->bl", tf[2], H, tf[3]), rtol=1e-10, atol=1e-12)
