@@ -312,3 +312,25 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog)
 def test_compile_only_for_the_exact_hutchinson_sums(kwargs):
     with pytest.raises(ValueError, match="compile=True"):
         CurvatureDetector(SmoothNet(torch.nn.Softplus()).eval(), compile=True, **kwargs)
+
+
+def test_vision_transformer_rho_matches_literal_algorithm():
+    """A torchvision ViT (layer norm, GELU, nn.MultiheadAttention): the exact method needs the
+    layer-norm correction and attention on its math backend (curvext.forward_mode)."""
+    torchvision = pytest.importorskip("torchvision")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2,
+                                                 hidden_dim=8, mlp_dim=16, num_classes=3).double().eval()
+    with torch.no_grad():  # torchvision starts the head at zero: every logit would be 0
+        model.heads.head.weight.normal_()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    det = CurvatureDetector(model, num_directions=3, method="autograd", seed=1)
+    s = det.score(x)
+    V = det.directions(x.shape[1:], x.device, x.dtype)
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused CPU attention kernel has no double backward
+        rho, per_class = reference_scores(model, x, V)
+    assert int(torch.isfinite(per_class).sum()) == 4 and bool((rho != 0).all())  # 2 images x 2 competitors
+    torch.testing.assert_close(s.rho, rho, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(s.per_class, per_class, rtol=1e-9, atol=1e-12, equal_nan=True)
