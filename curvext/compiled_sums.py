@@ -19,7 +19,8 @@ of the compiled graph, so in-place weight updates are seen by the next call (tes
 Every call sees the same shapes: a last, smaller group is padded with copies of its last image
 (and the padding's results dropped), so the function compiles once. If compilation fails (no C++
 compiler, an operation the compiler cannot handle), a warning says why and the eager function is
-used from then on.
+used from then on; the same happens if the first group's compiled results differ from the eager
+function's beyond rounding (the compiler has produced wrong second derivatives for some graphs).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class CompiledCurvatureSums:
         self._taylor = taylor_mode.plan_for(model) or False
         self._compiled = torch.compile(self._eager, dynamic=False, options={"freezing": True})
         self.failed = False
+        self.verified = False  # the first compiled group is checked against the eager function
 
     def _eager(self, x, V):
         return scored_class_curvature_sums(self.model, x, V, self.classes, taylor=self._taylor)
@@ -81,4 +83,24 @@ class CompiledCurvatureSums:
             logger.warning("torch.compile could not compile the curvature sums (%s: %s); running them "
                            "eagerly", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
             return self._eager(x[:b], V)
+        if not self.verified:
+            out = self._verified_against_eager(x, V, out)
         return tuple(t[:b] for t in out)
+
+    def _verified_against_eager(self, x, V, compiled):
+        """``compiled`` (the first group's results) if they equal the eager function's to rounding;
+        otherwise the eager results, with a warning, and eager from then on. The compiler has
+        produced silently wrong second derivatives for some graphs (a model with
+        ``F.log_softmax(h, dim=-1)`` in torch 2.14), so the first group is computed both ways."""
+        eager = self._eager(x, V)
+        tol = 1e-8 if x.dtype == torch.float64 else 1e-3
+        same = all(torch.equal(c, e) for c, e in zip(compiled[1:3], eager[1:3]))  # predicted, classes
+        for c, e in (compiled[0], eager[0]), (compiled[3], eager[3]):  # logits, sums
+            same = same and float((c - e).abs().max()) <= tol * max(float(e.abs().max()), 1e-30)
+        self.verified = True
+        if same:
+            return compiled
+        self.failed = True
+        logger.warning("torch.compile's curvature sums differ from the eager ones on the first group (a compiler "
+                       "bug); running them eagerly")
+        return eager

@@ -334,3 +334,42 @@ def test_vision_transformer_rho_matches_literal_algorithm():
     assert int(torch.isfinite(per_class).sum()) == 4 and bool((rho != 0).all())  # 2 images x 2 competitors
     torch.testing.assert_close(s.rho, rho, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(s.per_class, per_class, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+class _LogSoftmaxTokens(torch.nn.Module):
+    """torch 2.14's compiler gets this graph's second derivatives wrong (F.log_softmax, dim=-1)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv, self.linear = torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = torch.tanh(self.conv(x)).flatten(2)
+        return self.linear(h.sum(1) + torch.nn.functional.log_softmax(h, dim=-1).mean(1))
+
+
+def test_compiled_results_that_differ_from_eager_ones_are_replaced_by_them(caplog):
+    model = _LogSoftmaxTokens().double().eval()
+    x = torch.rand(5, 2, 4, 4, dtype=torch.float64)
+    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, input_range=None).score(x)
+    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True, input_range=None)
+    with caplog.at_level("WARNING", logger="curvext.compiled_sums"):
+        compiled = det.score(x)
+    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-10, atol=1e-12)
+    if det._compiled_sums.failed:  # the compiler's bug, caught on the first group
+        assert "differ from the eager ones" in caplog.text
+
+
+def test_the_first_compiled_group_is_checked_against_the_eager_sums(monkeypatch, caplog):
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
+    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True)
+    sums = det._compiled_sums
+    real = sums._compiled
+    monkeypatch.setattr(sums, "_compiled", lambda x, V: (lambda o: (*o[:3], o[3] * 1.01))(real(x, V)))  # a wrong compiler
+    with caplog.at_level("WARNING", logger="curvext.compiled_sums"):
+        got = det.score(x)
+    assert sums.failed and "differ from the eager ones" in caplog.text
+    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
+    torch.testing.assert_close(got.rho, eager.rho, rtol=1e-12, atol=0)
