@@ -6,11 +6,12 @@ module's rule for layer norms and softmaxes. In torch 2.14 the forward-mode form
 ``layer_norm`` is right to first order but its own derivative is not, so nested forward mode
 returns wrong second derivatives for every model with a LayerNorm (ViTs, ConvNeXts), silently
 (pytorch/pytorch#196700, one of the forward-mode bugs collected in #198017; reverse mode is right).
+``instance_norm``'s nested rule is wrong the same way.
 
-:func:`layer_norm` is the textbook decomposition (mean, biased variance, ``rsqrt``), whose
-elementary operations have correct nested rules; :func:`corrected` is a context in which
-``F.layer_norm`` and ``torch.layer_norm`` calls (``nn.LayerNorm`` makes the former) run it
-instead. Values equal torch's to rounding; ``tests/test_forward_mode.py`` checks second
+:func:`layer_norm` and :func:`instance_norm` are the textbook decompositions (mean, biased
+variance, ``rsqrt``), whose elementary operations have correct nested rules; :func:`corrected` is
+a context in which ``F.layer_norm``, ``torch.layer_norm`` and ``F.instance_norm`` calls (which
+``nn.LayerNorm`` and ``nn.InstanceNorm*d`` make) run them instead. Values equal torch's to rounding; ``tests/test_forward_mode.py`` checks second
 derivatives against reverse-over-reverse Hessians.
 
 Other operations may have the same kind of bug (#198017 lists several), so
@@ -49,7 +50,67 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     return out
 
 
-_REPLACED = {F.layer_norm: layer_norm, torch.layer_norm: layer_norm}
+def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
+                  running_var: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                  bias: torch.Tensor | None = None, use_input_stats: bool = True, momentum: float = 0.1,
+                  eps: float = 1e-5) -> torch.Tensor:
+    """``F.instance_norm`` as elementary operations: each image's channels normalised over their
+    own positions (biased variance), or by the running statistics when ``use_input_stats`` is
+    False (which are not updated: curvext only evaluates models)."""
+    dims = tuple(range(2, input.dim()))
+    per_channel = (1, -1) + (1,) * len(dims)
+    if use_input_stats:
+        centred = input - input.mean(dim=dims, keepdim=True)
+        out = centred * torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
+    else:
+        out = (input - running_mean.reshape(per_channel)) * torch.rsqrt(running_var.reshape(per_channel) + eps)
+    if weight is not None:
+        out = out * weight.reshape(per_channel)
+    if bias is not None:
+        out = out + bias.reshape(per_channel)
+    return out
+
+
+def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.group_norm`` as elementary operations (each image's channel groups normalised)."""
+    grouped = input.reshape(input.shape[0], num_groups, -1)
+    centred = grouped - grouped.mean(dim=2, keepdim=True)
+    out = (centred * torch.rsqrt(centred.square().mean(dim=2, keepdim=True) + eps)).reshape(input.shape)
+    per_channel = (1, -1) + (1,) * (input.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(per_channel)
+    if bias is not None:
+        out = out + bias.reshape(per_channel)
+    return out
+
+
+def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """``F.batch_norm`` with running statistics (evaluation) as elementary operations; batch
+    statistics are left to torch (they mix the images, which curvext's passes refuse)."""
+    if training or running_mean is None or running_var is None:
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    per_channel = (1, -1) + (1,) * (input.dim() - 2)
+    out = (input - running_mean.reshape(per_channel)) * torch.rsqrt(running_var.reshape(per_channel) + eps)
+    if weight is not None:
+        out = out * weight.reshape(per_channel)
+    if bias is not None:
+        out = out + bias.reshape(per_channel)
+    return out
+
+
+_REPLACED = {F.layer_norm: layer_norm, torch.layer_norm: layer_norm, F.instance_norm: instance_norm,
+             F.group_norm: group_norm, F.batch_norm: batch_norm}
+
+
+def replaces(fn) -> bool:
+    """Whether :func:`corrected` runs ``fn`` (a torch function) as a decomposition."""
+    try:
+        return fn in _REPLACED
+    except TypeError:  # unhashable callables
+        return False
 
 
 class _Corrected(TorchFunctionMode):

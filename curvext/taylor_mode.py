@@ -26,7 +26,7 @@ Rules, per graph node (``sigma`` element-wise, ``A`` linear, ``Q`` the pairs' pr
   only a first derivative is taken (Hardsigmoid has no double-backward formula).
 * product of two carried values ``y = a b``: ``y'' = a'' b + a b'' + 2 Q(a', b')``; the same
   with matrix products for ``a @ b`` (attention), ``Q`` then taking matrix products of the rows.
-* smooth per-image maps that are not element-wise (layer, group and RMS norm; softmax,
+* smooth per-image maps that are not element-wise (layer, group, instance and RMS norm; softmax,
   log-softmax and ``F.normalize`` over a non-batch dimension): ``y' = J z'``,
   ``y'' = J z'' + sum over pairs of D^2 f[z'_a, z'_b]``, the last by forward-over-forward mode
   at that node alone, so the rest of the graph keeps one row per target.
@@ -44,6 +44,7 @@ derivatives, as forward-over-forward mode does.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import weakref
@@ -71,7 +72,8 @@ _ELEMENTWISE_MODULES = (nn.Softplus, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.E
                         nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Hardswish)
 #: smooth, per image, not element-wise (normalisation over an image's own features, softmax over
 #: a non-batch dimension): taken node by node with forward-over-forward mode (rule ``smooth``).
-_SMOOTH_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.Softmax, nn.LogSoftmax, nn.Softmin)
+_SMOOTH_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+                   nn.Softmax, nn.LogSoftmax, nn.Softmin)
 #: element-wise and piecewise linear: second derivative zero almost everywhere (Hardsigmoid, as in
 #: MobileNetV3, has no double-backward formula, so the smooth rule could not differentiate it twice).
 _PIECEWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Hardsigmoid)
@@ -88,7 +90,7 @@ _ELEMENTWISE_NAMES = frozenset({
     "softplus", "tanh", "sigmoid", "gelu", "silu", "elu", "celu", "selu", "mish", "softsign", "logsigmoid",
     "hardswish", "exp", "log", "log1p", "expm1", "sin", "cos", "square", "sqrt", "rsqrt", "reciprocal", "erf", "pow"})
 _PIECEWISE_NAMES = frozenset({"relu", "relu6", "leaky_relu", "hardtanh", "hardsigmoid"})
-_SMOOTH_NAMES = frozenset({"layer_norm", "group_norm", "rms_norm"})
+_SMOOTH_NAMES = frozenset({"layer_norm", "group_norm", "rms_norm", "instance_norm"})
 #: smooth over a ``dim`` (second argument or keyword), which must not be the batch's.
 _SMOOTH_DIM_NAMES = frozenset({"softmax", "log_softmax", "softmin", "normalize"})
 # Linear in every carried argument (which may sit in lists: cat, stack).
@@ -232,7 +234,17 @@ def module_signature(model: nn.Module) -> tuple:
     choice of rules depends on (a module replaced by another object, even of the same class,
     or switched to in-place, needs a new plan)."""
     return tuple((name, id(m), type(m), getattr(m, "inplace", None), getattr(m, "return_indices", None),
-                  getattr(m, "track_running_stats", None)) for name, m in model.named_modules())
+                  getattr(m, "track_running_stats", None), None if _is_fx_leaf(m) else m.training)
+                 for name, m in model.named_modules())
+
+
+def _is_fx_leaf(module: nn.Module) -> bool:
+    """Whether ``torch.fx`` records ``module`` as one call (torch's own layers, as its default
+    tracer decides) rather than tracing its ``forward``, whose Python branches on
+    ``self.training`` the trace then bakes in (so the signature holds those modules' modes:
+    torchvision's stochastic depth, a user's own dropout)."""
+    origin = type(module).__module__ or ""
+    return (origin.startswith("torch.nn") or origin.startswith("torch.ao.nn")) and not isinstance(module, nn.Sequential)
 
 
 class Plan:
@@ -291,7 +303,7 @@ def _callable(model: nn.Module, step: _Step):
     if step.op == "call_module":
         return model.get_submodule(step.target)
     if step.op == "call_method":
-        return lambda self, *a, **k: getattr(self, step.target)(*a, **k)
+        return getattr(torch.Tensor, step.target)  # called with the tensor first; keeps the name
     return step.target
 
 
@@ -331,7 +343,11 @@ def _linear(fn, args, kwargs, pairs):
     def tangent(*us):
         return jvp(call, primals, us)
 
-    primal, rows = vmap(tangent, out_dims=(None, 0))(*(j.rows for j in jets))
+    # Eval-mode batch norm as elementary operations, which the compiler can trace through jvp
+    # (only there: the context costs Python time on every operation it sees).
+    normalisation = isinstance(fn, nn.modules.batchnorm._NormBase) or forward_mode.replaces(fn)
+    with forward_mode.corrected() if normalisation else contextlib.nullcontext():
+        primal, rows = vmap(tangent, out_dims=(None, 0))(*(j.rows for j in jets))
     return Jet(primal, rows, jets[0].order1)
 
 
@@ -375,6 +391,7 @@ def _smooth(fn, args, kwargs, pairs):
     this node only (vmapped over the pairs), so the rest of the graph keeps its collapsed rows."""
     (z,) = _jets((args, kwargs))
     p = z.primal
+    _require_per_image(fn, args, kwargs, p)
 
     def call(value):
         a, k = _substituted((args, kwargs), [value])
@@ -386,10 +403,35 @@ def _smooth(fn, args, kwargs, pairs):
     def second(a, b):
         return jvp(lambda w: jvp(call, (w,), (a,))[1], (p,), (b,))[1]
 
-    y, rows = vmap(tangent, out_dims=(None, 0))(z.rows)
-    with forward_mode.corrected():  # layer norm's nested forward rule is wrong in torch
+    # Both passes in the corrected context: layer/instance norm's nested forward rule is wrong in
+    # torch, and the compiler cannot trace torch's own first-order one with affine weights.
+    with forward_mode.corrected():
+        y, rows = vmap(tangent, out_dims=(None, 0))(z.rows)
         rows[z.order1 :] += pairs.apply(vmap(second), z.first)
     return Jet(y, rows, z.order1)
+
+
+class NotPerImage(ValueError):
+    """A smooth node that would mix the images of a batch (a plan for it is dropped)."""
+
+
+def _require_per_image(fn, args, kwargs, p: torch.Tensor) -> None:
+    """Raise :class:`NotPerImage` when the node normalises or soft-maxes over dimension 0 of
+    ``p``, which the walk takes as the batch (negative dims and full-shape norms included)."""
+    name = _name(fn) or getattr(fn, "__name__", "")  # Tensor methods are named too
+    what = type(fn).__name__ if isinstance(fn, nn.Module) else name
+    dim = getattr(fn, "dim", None) if isinstance(fn, nn.Module) else None
+    if dim is None and name in _SMOOTH_DIM_NAMES:
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 1 if name == "normalize" else None)
+    if isinstance(dim, int) and p.ndim > 0 and dim % p.ndim == 0:
+        raise NotPerImage(f"{what} over dimension {dim} of a {p.ndim}-d tensor")
+    shape = getattr(fn, "normalized_shape", None) if isinstance(fn, nn.Module) else None
+    if shape is None and name in ("layer_norm", "rms_norm"):
+        shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
+    if shape is not None:
+        count = 1 if isinstance(shape, int) else len(tuple(shape))
+        if count >= p.ndim:
+            raise NotPerImage(f"{what} over all {p.ndim} dimensions")
 
 
 def _product(fn, args, kwargs, pairs):
@@ -617,7 +659,13 @@ def checked(plan: Plan, x: torch.Tensor) -> Plan | None:
         return plan
     model = plan._model()
     expected = model(x.clone())
-    got = plan.run(x, x.new_zeros((1,) + x.shape), Pairs(0)).primal
+    try:
+        got = plan.run(x, x.new_zeros((1,) + x.shape), Pairs(0)).primal
+    except NotPerImage as err:
+        logger.warning("taylor mode: %s mixes the images of a batch (%s); using forward-over-forward mode for it",
+                       type(model).__name__, err)
+        _PLANS[model] = (plan.signature, None)
+        return None
     scale = expected.abs().max().clamp_min(1e-30)
     if got.shape != expected.shape or float((got - expected).abs().max() / scale) > 1e-4:
         logger.warning("taylor mode: the graph walk's output differs from %s's own (in-place updates of "

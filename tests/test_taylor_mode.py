@@ -535,3 +535,75 @@ def test_matrix_products_of_computed_tensors_match_dense_hessians():
     got = taylor_mode.second_order_sums(plan, x, t, pairs)
     tf = t.reshape(4, 2, -1)
     torch.testing.assert_close(got[1], torch.einsum("bd,blde,be->bl", tf[2], H, tf[3]), rtol=1e-10, atol=1e-12)
+
+
+class _Tokens(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, x):
+        return self.op(x.flatten(1))  # (B, 4)
+
+
+@pytest.mark.parametrize("op", [
+    lambda h: F.softmax(h, -2),
+    nn.Softmax(dim=-2),
+    lambda h: h.softmax(-2),
+    lambda h: F.layer_norm(h, h.shape),
+    lambda h: F.log_softmax(h.sum(1), -1).unsqueeze(1),  # a (B,) vector: its last dim is the batch
+], ids=["softmax(-2)", "Softmax(dim=-2)", "method softmax(-2)", "layer_norm(all dims)", "1-d log_softmax"])
+def test_smooth_nodes_over_the_batch_drop_the_plan(op, caplog):
+    model = _Tokens(op).double().eval()
+    x = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    plan = taylor_mode.plan_for(model)
+    assert plan is not None  # the dimension is known only at run time ...
+    with caplog.at_level(logging.WARNING, logger="curvext.taylor_mode"):
+        assert taylor_mode.checked(plan, x) is None  # ... where the one-off check refuses it
+    assert "mixes the images" in caplog.text
+    assert taylor_mode.plan_for(model) is None
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["per-image statistics", "running statistics"])
+def test_instance_norm_matches_dense_hessians_with_and_without_a_plan(running):
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.InstanceNorm2d(3, affine=True, track_running_stats=running),
+                          nn.Tanh(), nn.Flatten(), nn.Linear(3 * 16, 4)).double()
+    if running:
+        model.train()(torch.randn(8, 1, 4, 4, dtype=torch.float64))  # some running statistics
+    model.eval()
+    with torch.no_grad():
+        model[1].weight.normal_()
+        model[1].bias.normal_()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    V = unit_rows(3, x.shape[1:])
+    Vf = V.reshape(3, -1)
+    expected = torch.einsum("jd,blde,je->bl", Vf, dense_hessians(model, x), Vf)
+    assert taylor_mode.plan_for(model) is not None
+    for taylor in (True, False):
+        torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0, taylor=taylor), expected,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_a_traced_through_modules_mode_is_part_of_the_plan():
+    """torchvision's stochastic depth is the identity only in eval mode; the trace bakes the mode
+    in, so switching modes must rebuild the plan (not keep or lose it for good)."""
+    torchvision = pytest.importorskip("torchvision")
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.branch = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Tanh())
+            self.drop = torchvision.ops.StochasticDepth(0.5, "row")
+
+        def forward(self, x):
+            return x.flatten(1) + self.drop(self.branch(x))
+
+    model = Residual().double().train()
+    assert taylor_mode.plan_for(model) is None  # random in training mode
+    model.eval()
+    assert taylor_mode.plan_for(model) is not None
+    model.train()
+    assert taylor_mode.plan_for(model) is None
+    model.eval()
+    assert taylor_mode.plan_for(model) is not None
