@@ -155,19 +155,29 @@ def verify_once(model: nn.Module, x: torch.Tensor, directions: int = 2, logits: 
         _VERIFIED[model] = signature
 
 
+def _float64_cpu_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with its tensors made directly on the CPU in float64 (a model on a
+    GPU is not duplicated there first)."""
+    memo = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        moved = t.detach().to(device="cpu", dtype=torch.float64 if t.is_floating_point() else t.dtype)
+        memo[id(t)] = nn.Parameter(moved, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else moved
+    return copy.deepcopy(model, memo).to(device="cpu", dtype=torch.float64)
+
+
 def _check_against_reverse_mode(model: nn.Module, x: torch.Tensor, directions: int, logits: int,
                                 rtol: float) -> None:
     """The comparison of :func:`verify_once`, every time it is called."""
     from curvext.quadratic_forms import logit_quadratic_form_sums
 
     try:
-        reference = copy.deepcopy(model).to(device="cpu", dtype=torch.float64)
+        reference = _float64_cpu_copy(model)
         image = x[:1].detach().to(device="cpu", dtype=torch.float64)
         with torch.no_grad():
             output = reference(image)[0]
         top = output.topk(min(logits, output.shape[0])).indices
     except Exception as err:  # noqa: BLE001  (CUDA-only operations, non-copyable modules, ...)
-        logger.info("forward mode not verified for %s: %s", type(model).__name__, err)
+        logger.warning("forward mode not verified for %s: %s", type(model).__name__, err)
         return
     g = torch.Generator().manual_seed(0)
     V = torch.randn((directions,) + image.shape[1:], generator=g, dtype=torch.float64)

@@ -373,3 +373,19 @@ def test_the_first_compiled_group_is_checked_against_the_eager_sums(monkeypatch,
     assert sums.failed and "differ from the eager ones" in caplog.text
     eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
     torch.testing.assert_close(got.rho, eager.rho, rtol=1e-12, atol=0)
+
+
+def test_models_with_normalisation_layers_compile():
+    """Eval-mode batch norm and group norm go through the Taylor walk as elementary operations,
+    which the compiler traces (torch's own jvp of them does not compile)."""
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.SiLU(),
+                                torch.nn.GroupNorm(2, 4), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    model.train()(torch.randn(8, 2, 4, 4))  # running statistics
+    model = model.double().eval()
+    x = torch.rand(5, 2, 4, 4, dtype=torch.float64)
+    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
+    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True)
+    compiled = det.score(x)
+    assert not det._compiled_sums.failed
+    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-10, atol=1e-12)

@@ -141,3 +141,16 @@ def test_a_model_without_second_derivatives_gets_the_passes_clear_error():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Hardsigmoid(), nn.Linear(8, 3)).eval()
     with pytest.raises(RuntimeError, match="cannot differentiate twice"):
         CurvatureDetector(model, num_directions=2, method="autograd").score(torch.rand(2, 1, 4, 4))
+
+
+def test_the_check_copies_the_model_to_float64_on_the_cpu_without_touching_it():
+    model = NormedAttention().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = forward_mode._float64_cpu_copy(model)
+    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in copy.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(a is b for a, b in zip(copy.parameters(), model.parameters()))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    x = torch.rand(2, 1, 4, 4)
+    torch.testing.assert_close(copy(x.double()).float(), model(x), rtol=1e-5, atol=1e-6)
