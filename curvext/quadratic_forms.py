@@ -239,7 +239,10 @@ def _hessian_normal_vectorised(model, x, cls, predicted):
     ``g_i``, applied to ``g_i`` itself, gives ``H_i g_i`` (H_i is symmetric), so the gradient and
     ``H_i n_i = H_i g_i / ||g_i||`` come from one pass, with one shared forward per image. Runs
     under no_grad, so weights that require grad cost nothing extra (torch.func transforms ignore
-    the outer mode for their own derivatives)."""
+    the outer mode for their own derivatives). Memory: the first backward pass is kept for all
+    K x B rows until the second one has run, so peak memory grows with the model's depth (the
+    forward-over-forward pass it replaced held one layer's rows at a time); score fewer images
+    per group for deep models at high resolution."""
     B, K = cls.shape
     x = x.detach()
     predicted = predicted.unsqueeze(1)
