@@ -50,6 +50,16 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     return out
 
 
+def _per_channel_affine(out: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``out * weight + bias`` with both per channel (dimension 1 of ``out``), either may be None."""
+    per_channel = (1, -1) + (1,) * (out.dim() - 2)
+    if weight is not None:
+        out = out * weight.reshape(per_channel)
+    if bias is not None:
+        out = out + bias.reshape(per_channel)
+    return out
+
+
 def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
                   running_var: torch.Tensor | None = None, weight: torch.Tensor | None = None,
                   bias: torch.Tensor | None = None, use_input_stats: bool = True, momentum: float = 0.1,
@@ -64,11 +74,7 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
         out = centred * torch.rsqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
     else:
         out = (input - running_mean.reshape(per_channel)) * torch.rsqrt(running_var.reshape(per_channel) + eps)
-    if weight is not None:
-        out = out * weight.reshape(per_channel)
-    if bias is not None:
-        out = out + bias.reshape(per_channel)
-    return out
+    return _per_channel_affine(out, weight, bias)
 
 
 def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
@@ -78,11 +84,7 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     centred = grouped - grouped.mean(dim=2, keepdim=True)
     out = (centred * torch.rsqrt(centred.square().mean(dim=2, keepdim=True) + eps)).reshape(input.shape)
     per_channel = (1, -1) + (1,) * (input.dim() - 2)
-    if weight is not None:
-        out = out * weight.reshape(per_channel)
-    if bias is not None:
-        out = out + bias.reshape(per_channel)
-    return out
+    return _per_channel_affine(out, weight, bias)
 
 
 def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
@@ -94,11 +96,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     per_channel = (1, -1) + (1,) * (input.dim() - 2)
     out = (input - running_mean.reshape(per_channel)) * torch.rsqrt(running_var.reshape(per_channel) + eps)
-    if weight is not None:
-        out = out * weight.reshape(per_channel)
-    if bias is not None:
-        out = out + bias.reshape(per_channel)
-    return out
+    return _per_channel_affine(out, weight, bias)
 
 
 _REPLACED = {F.layer_norm: layer_norm, torch.layer_norm: layer_norm, F.instance_norm: instance_norm,

@@ -144,31 +144,27 @@ class Pairs:
         a square contributes ``op(a_j, b_j)``, a pair ``(op(a_l, b_r) + op(a_r, b_l)) / 2``."""
         if a is b and op is torch.mul:  # one value squared: op commutes, half the work
             return self.apply(torch.mul, a)
-        out = None
-        if self.squares is not None:
-            rows, target = self.squares
-            part = op(a[rows], b[rows]).sum(dim=0)
-            out = part.new_zeros((self.count,) + part.shape)
-            out[target] += part
-        if self.products is not None:
-            left, right, targets = self.products
-            part = 0.5 * (op(a[left], b[right]) + op(a[right], b[left]))
-            out = part.new_zeros((self.count,) + part.shape[1:]) if out is None else out
-            out[targets] += part
-        return 0 if out is None else out
+        return self._gathered(lambda rows: op(a[rows], b[rows]),
+                              lambda left, right: 0.5 * (op(a[left], b[right]) + op(a[right], b[left])))
 
     def apply(self, second, first: torch.Tensor) -> torch.Tensor:
         """``(S, ...)``: each target's sum of ``second(t_a, t_b)``, a symmetric bilinear map
         batched over its leading dimension, over its pairs of rows of ``first (R, ...)``."""
+        return self._gathered(lambda rows: second(first[rows], first[rows]),
+                              lambda left, right: second(first[left], first[right]))
+
+    def _gathered(self, squared, paired) -> torch.Tensor:
+        """The targets from ``squared(rows)`` (summed over its leading dimension) and
+        ``paired(left, right)`` (one entry per pair); 0 when there are none."""
         out = None
         if self.squares is not None:
             rows, target = self.squares
-            part = second(first[rows], first[rows]).sum(dim=0)
+            part = squared(rows).sum(dim=0)
             out = part.new_zeros((self.count,) + part.shape)
             out[target] += part
         if self.products is not None:
             left, right, targets = self.products
-            part = second(first[left], first[right])
+            part = paired(left, right)
             out = part.new_zeros((self.count,) + part.shape[1:]) if out is None else out
             out[targets] += part
         return 0 if out is None else out

@@ -472,13 +472,16 @@ def test_smooth_per_image_maps_match_dense_hessians():
     model = SmoothPerImage().double().eval()
     plan = taylor_mode.plan_for(model)
     assert plan is not None and "smooth" in {step.kind for step in plan.steps}
-    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    assert_sums_match_dense_hessians(model, plan, torch.randn(2, 2, 4, 4, dtype=torch.float64))
+
+
+def assert_sums_match_dense_hessians(model, plan, x):
+    """The Laplacian sums, and squared and mixed targets in one pass, against dense Hessians."""
     H = dense_hessians(model, x)
     V = unit_rows(3, x.shape[1:])
     Vf = V.reshape(3, -1)
     torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
                                torch.einsum("jd,blde,je->bl", Vf, H, Vf), rtol=1e-10, atol=1e-12)
-    # Mixed targets (the pairs' products) through the same nodes.
     t = unit_rows(2 * 4, x.shape[1:]).reshape(4, 2, *x.shape[1:])
     pairs = taylor_mode.Pairs(3, squares=(slice(0, 2), 0), products=(slice(2, 4), slice(0, 2), slice(1, 3)))
     got = taylor_mode.second_order_sums(plan, x, t, pairs)
@@ -524,17 +527,7 @@ def test_matrix_products_of_computed_tensors_match_dense_hessians():
     model = SelfAttention().double().eval()
     plan = taylor_mode.plan_for(model)
     assert plan is not None and "matrix_product" in {step.kind for step in plan.steps}
-    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
-    H = dense_hessians(model, x)
-    V = unit_rows(3, x.shape[1:])
-    Vf = V.reshape(3, -1)
-    torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0),
-                               torch.einsum("jd,blde,je->bl", Vf, H, Vf), rtol=1e-10, atol=1e-12)
-    t = unit_rows(2 * 4, x.shape[1:]).reshape(4, 2, *x.shape[1:])
-    pairs = taylor_mode.Pairs(2, squares=(slice(0, 2), 0), products=(slice(2, 3), slice(3, 4), slice(1, 2)))
-    got = taylor_mode.second_order_sums(plan, x, t, pairs)
-    tf = t.reshape(4, 2, -1)
-    torch.testing.assert_close(got[1], torch.einsum("bd,blde,be->bl", tf[2], H, tf[3]), rtol=1e-10, atol=1e-12)
+    assert_sums_match_dense_hessians(model, plan, torch.randn(2, 1, 4, 4, dtype=torch.float64))
 
 
 class _Tokens(nn.Module):
