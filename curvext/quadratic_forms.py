@@ -241,8 +241,8 @@ def _hessian_normal_vectorised(model, x, cls, predicted):
     under no_grad, so weights that require grad cost nothing extra (torch.func transforms ignore
     the outer mode for their own derivatives). Memory: the first backward pass is kept for all
     K x B rows until the second one has run, so peak memory grows with the model's depth (the
-    forward-over-forward pass it replaced held one layer's rows at a time); score fewer images
-    per group for deep models at high resolution."""
+    forward-over-forward pass it replaced held one layer's rows at a time); on a device
+    out-of-memory error the classes are taken in smaller chunks (:func:`_by_class_slots`)."""
     B, K = cls.shape
     x = x.detach()
     predicted = predicted.unsqueeze(1)
@@ -256,10 +256,30 @@ def _hessian_normal_vectorised(model, x, cls, predicted):
         return g, pullback(g)[0]
 
     with forward_mode.corrected():  # attention on a backend with double-backward rules
-        g, hg = vmap(gradient_and_hessian_gradient)(cls.transpose(0, 1))  # (K, B, *shape) each
+        g, hg = _by_class_slots(vmap(gradient_and_hessian_gradient), cls.transpose(0, 1))  # (K, B, *shape) each
     g = g.transpose(0, 1).reshape(B * K, -1)
     hg = hg.transpose(0, 1).reshape(B * K, -1)
     return g, hg / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
+def _by_class_slots(fn, slots: torch.Tensor):
+    """``fn(slots)`` for class slots ``(k, B)`` returning a tuple of ``(k, ...)`` tensors; when the
+    device runs out of memory, the slots are split in halves (down to one class per call) and the
+    parts concatenated, so deep models at high resolution still run, more slowly. (Not inside
+    ``torch.compile``, whose caller handles its own errors.)"""
+    if torch.compiler.is_compiling():
+        return fn(slots)
+    try:
+        return fn(slots)
+    except torch.OutOfMemoryError:
+        if slots.shape[0] == 1:
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    half = slots.shape[0] // 2
+    logger.info("out of memory for %d classes at once; splitting them in two", slots.shape[0])
+    first, second = _by_class_slots(fn, slots[:half]), _by_class_slots(fn, slots[half:])
+    return tuple(torch.cat(parts) for parts in zip(first, second))
 
 
 def _hessian_normal_rows(model, x, cls, predicted):

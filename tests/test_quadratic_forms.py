@@ -240,3 +240,29 @@ def test_a_model_torch_cannot_differentiate_twice_gets_a_clear_error():
         hessian_normal_products(model, x, cls, pred, "autograd", 0.0)
     grad, hn = hessian_normal_products(model, x, cls, pred, "fd", 1e-3)  # the alternative runs
     assert torch.isfinite(hn).all()
+
+
+def test_hessian_normal_products_split_the_classes_when_memory_runs_out(monkeypatch, caplog):
+    import curvext.quadratic_forms as qf
+
+    model = SmoothConvNet().eval()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    pred = model(x).argmax(1)
+    cls = competing(pred, 6, 5)
+    whole = qf._hessian_normal_vectorised(model, x, cls, pred)
+    real_vmap, sizes = qf.vmap, []
+
+    def scarce_memory(fn):  # a device that holds at most two class slots at once
+        def run(slots):
+            sizes.append(slots.shape[0])
+            if slots.shape[0] > 2:
+                raise torch.OutOfMemoryError("out of memory")
+            return real_vmap(fn)(slots)
+        return run
+
+    monkeypatch.setattr(qf, "vmap", scarce_memory)
+    with caplog.at_level("INFO", logger="curvext.quadratic_forms"):
+        split = qf._hessian_normal_vectorised(model, x, cls, pred)
+    assert sizes == [5, 2, 3, 1, 2] and "splitting" in caplog.text
+    for got, want in zip(split, whole):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
