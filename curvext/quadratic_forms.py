@@ -39,7 +39,7 @@ import warnings
 import torch
 from torch.func import jvp, vjp, vmap
 
-from curvext import forward_mode, taylor_mode
+from curvext import forward_mode, pointwise_conv, taylor_mode
 
 with warnings.catch_warnings():
     # torch's own forward-mode decompositions call the deprecated torch.jit.script when first
@@ -255,7 +255,9 @@ def _hessian_normal_vectorised(model, x, cls, predicted):
         g, pullback = vjp(torch.func.grad(summed_margin), x)
         return g, pullback(g)[0]
 
-    with forward_mode.corrected():  # attention on a backend with double-backward rules
+    # Attention on a backend with double-backward rules; 1x1 convolutions without torch's wasted
+    # weight gradient in the second backward pass.
+    with forward_mode.corrected(), pointwise_conv.pointwise_as_matmul():
         g, hg = _by_class_slots(vmap(gradient_and_hessian_gradient), cls.transpose(0, 1))  # (K, B, *shape) each
     g = g.transpose(0, 1).reshape(B * K, -1)
     hg = hg.transpose(0, 1).reshape(B * K, -1)
@@ -285,7 +287,7 @@ def _by_class_slots(fn, slots: torch.Tensor):
 def _hessian_normal_rows(model, x, cls, predicted):
     """Fallback of :func:`_hessian_normal_vectorised`: double backward on repeated images."""
     B, K = cls.shape
-    with torch.enable_grad(), forward_mode.corrected():  # also when called from the no_grad sums
+    with torch.enable_grad(), forward_mode.corrected(), pointwise_conv.pointwise_as_matmul():  # also under no_grad
         xr, grad = class_gradients(model, x, cls, predicted, create_graph=True)
         flat = grad.reshape(B * K, -1)
         n = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-30)).detach()
