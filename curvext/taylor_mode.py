@@ -361,11 +361,11 @@ def _elementwise(fn, args, kwargs, pairs, piecewise_linear: bool = False):
     def slope_of(value):  # sigma' element by element: the gradient of the sum
         return grad(lambda v: call(v).sum())(value)
 
-    y = call(p)
     known = None if piecewise_linear else activation_derivatives.closed_form(fn, args, kwargs)
     if known is not None:
-        slope, bend = known(p, y)
+        y, slope, bend = known(p)
     else:
+        y = call(p)
         slope = slope_of(p)
         # Reverse over reverse: double-backward formulas exist for more activations than
         # forward-mode ones (SiLU has no forward-over-forward rule in torch 2.14).

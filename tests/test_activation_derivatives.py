@@ -42,9 +42,24 @@ def test_closed_forms_equal_reverse_mode_derivatives(name):
     want_bend = grad(lambda v: slope_of(v).sum())(z)
     derivatives = activation_derivatives.closed_form(fn, (z,) + extra, kwargs)
     assert derivatives is not None
-    slope, bend = derivatives(z, sigma(z))
+    value, slope, bend = derivatives(z)
+    torch.testing.assert_close(value, sigma(z), rtol=1e-14, atol=0)  # relative, also in the tails
     torch.testing.assert_close(slope, want_slope, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(bend, want_bend, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("beta,threshold", [(1.0, 20.0), (2.0, 5.0), (0.5, 4.0)])
+def test_softplus_value_is_accurate_to_a_few_units_in_the_last_place(dtype, beta, threshold):
+    # Reference: torch's softplus in float64 on the same (rounded) inputs; |beta z| <= 80 keeps
+    # exp(-|beta z|) out of float32's subnormal range, where every implementation loses digits.
+    z = torch.cat([torch.linspace(-80 / beta, 80 / beta, 200001, dtype=dtype),
+                   torch.tensor([0.0, 1e-30, -1e-30, threshold / beta, threshold / beta * (1 + 1e-6)], dtype=dtype)])
+    reference = F.softplus(z.double(), beta, threshold)
+    got = activation_derivatives.softplus(z, beta, threshold)
+    assert got.dtype == dtype
+    ulps = ((got.double() - reference).abs() / reference.abs() / torch.finfo(dtype).eps).max()
+    assert float(ulps) < 4
 
 
 class _ScaledSoftplus(nn.Softplus):
