@@ -204,6 +204,12 @@ class CurvatureDetector:
     def score(self, x: torch.Tensor) -> Scores:
         """Algorithm 2's rho, per-class curvature sums and predicted labels for ``x (B, C, H, W)``."""
         _model_checks.check_images(x, "x", self.input_range)
+        if self.method != "autograd" and torch.finfo(x.dtype).eps > 1e-4:
+            raise ValueError(
+                f"x is {x.dtype}: method={self.method!r} takes second differences of the logits at scale "
+                f"h={self.h:g}, whose rounding error (about eps |f| / h^2, eps = {torch.finfo(x.dtype).eps:.1e}) "
+                f"swamps the curvature in {x.dtype}; score float32 images with a float32 model "
+                "(model.float(), x.float())")
         if self.method == "autograd":
             forward_mode.verify_once(self.model, x)  # once per model: torch's nested forward rules
         V = self.directions(x.shape[1:], x.device, x.dtype)

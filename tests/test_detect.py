@@ -107,6 +107,27 @@ def test_bad_inputs():
         CurvatureDetector(train_model)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_scores_exactly_and_refuses_finite_differences(dtype, caplog):
+    import copy
+
+    from curvext import data, taylor_mode, zoo
+
+    model = zoo.train("lenet", "smooth", "digits").model
+    x = data.load_digits("test").subset(8).images
+    half = copy.deepcopy(model).to(dtype)
+    with caplog.at_level("WARNING", logger="curvext.taylor_mode"):
+        rho = CurvatureDetector(half, num_directions=8, classes=3, method="autograd").score(x.to(dtype)).rho
+    assert "differs from" not in caplog.text  # its rounding is not taken for an aliasing bug
+    assert taylor_mode.plan_for(half).checked
+    exact = CurvatureDetector(model, num_directions=8, classes=3, method="autograd").score(x).rho
+    # Half-precision rounding (eps 1e-3 / 8e-3) through a few layers; a wrong statistic is off by O(1).
+    torch.testing.assert_close(rho.float(), exact, rtol=0.1, atol=0.02 * float(exact.abs().max()))
+    for method in ("fd", "fd2"):
+        with pytest.raises(ValueError, match=re.escape(f"x is {dtype}: method={method!r} takes second differences")):
+            CurvatureDetector(half, num_directions=8, method=method).score(x.to(dtype))
+
+
 def test_fit_threshold_picks_the_separating_orientation():
     model = SmoothNet(torch.nn.Softplus()).eval()
     x = torch.rand(30, 1, 4, 4, dtype=torch.float64)
