@@ -28,17 +28,59 @@ Derivatives = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.T
 
 def _log1p_of_unit_interval(t: torch.Tensor) -> torch.Tensor:
     """``log(1 + t)`` for ``t`` in [0, 1] from ``log`` (vectorised on the CPU, unlike ``log1p``):
-    ``log(u) * t / (u - 1)`` with ``u = 1 + t`` cancels the rounding of ``u`` (Goldberg, 1991)."""
+    ``log(u) * t / (u - 1)`` with ``u = 1 + t`` cancels the rounding of ``u`` (Goldberg, 1991).
+    Values only: the expression's own derivative cancels badly (see :class:`_Softplus`)."""
     u = 1 + t
-    return torch.where(u == 1, t, torch.log(u) * (t / (u - 1)))
+    rounded = u - 1
+    return torch.where(rounded == 0, t, torch.log(u) * (t / torch.where(rounded == 0, 1, rounded)))
+
+
+def _softplus_value(z: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+    if z.dtype in (torch.float16, torch.bfloat16):  # as torch does: compute in float32, round once
+        return _softplus_value(z.float(), beta, threshold).to(z.dtype)
+    scaled = z * beta
+    smooth = (scaled.clamp_min(0) + _log1p_of_unit_interval(torch.exp(-scaled.abs()))) / beta
+    return torch.where(scaled > threshold, z, smooth)
+
+
+def _softplus_slope(z: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+    """``d softplus / dz``: ``sigmoid(beta z)``, 1 above the threshold (torch's backward formula)."""
+    scaled = z * beta
+    return torch.where(scaled > threshold, torch.ones_like(scaled), torch.sigmoid(scaled))
+
+
+class _Softplus(torch.autograd.Function):
+    """The value from :func:`_softplus_value`, the derivatives from torch's formula written in
+    differentiable operations, so reverse mode (twice), forward mode and ``vmap`` see softplus."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z, beta, threshold):
+        return _softplus_value(z, beta, threshold)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, ctx.beta, ctx.threshold = inputs
+        ctx.save_for_backward(z)
+        ctx.save_for_forward(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * _softplus_slope(z, ctx.beta, ctx.threshold), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, *_):
+        (z,) = ctx.saved_tensors
+        return tangent * _softplus_slope(z, ctx.beta, ctx.threshold)
 
 
 def softplus(z: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
     """``F.softplus(z, beta, threshold)``: ``log(1 + exp(beta z)) / beta``, ``z`` itself where
-    ``beta z > threshold``; computed as ``max(beta z, 0) + log1p(exp(-|beta z|))``, exact in both tails."""
-    scaled = z * beta
-    smooth = (scaled.clamp_min(0) + _log1p_of_unit_interval(torch.exp(-scaled.abs()))) / beta
-    return torch.where(scaled > threshold, z, smooth)
+    ``beta z > threshold``; computed as ``max(beta z, 0) + log1p(exp(-|beta z|))``, exact in both
+    tails (float16 and bfloat16 in float32, as torch does), with torch's derivatives."""
+    return _Softplus.apply(z, beta, threshold)
 
 
 def _softplus(beta: float, threshold: float) -> Derivatives:

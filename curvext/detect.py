@@ -100,6 +100,20 @@ def recovered_labels(per_class: torch.Tensor, rule: str = "max",
     return torch.nan_to_num(per_class, nan=float("inf")).argmin(dim=1)
 
 
+def _refuse_half_precision_differences(x: torch.Tensor, method: str, h: float) -> None:
+    """Raise ValueError when ``x`` is float16/bfloat16 or an autocast region would run the model
+    in one: second differences of the logits at scale ``h`` lose every digit there."""
+    dtype = x.dtype
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    if torch.finfo(dtype).eps > 1e-4:
+        where = f"x is {dtype}" if dtype == x.dtype else f"autocast runs the model in {dtype}"
+        raise ValueError(
+            f"{where}: method={method!r} takes second differences of the logits at scale h={h:g}, whose "
+            f"rounding error (about eps |f| / h^2, eps = {torch.finfo(dtype).eps:.1e}) swamps the curvature "
+            f"in {dtype}; score float32 images with a float32 model (model.float(), x.float(), no autocast)")
+
+
 class CurvatureDetector:
     """Training-free detector and label recovery from decision-boundary curvature.
 
@@ -204,12 +218,8 @@ class CurvatureDetector:
     def score(self, x: torch.Tensor) -> Scores:
         """Algorithm 2's rho, per-class curvature sums and predicted labels for ``x (B, C, H, W)``."""
         _model_checks.check_images(x, "x", self.input_range)
-        if self.method != "autograd" and torch.finfo(x.dtype).eps > 1e-4:
-            raise ValueError(
-                f"x is {x.dtype}: method={self.method!r} takes second differences of the logits at scale "
-                f"h={self.h:g}, whose rounding error (about eps |f| / h^2, eps = {torch.finfo(x.dtype).eps:.1e}) "
-                f"swamps the curvature in {x.dtype}; score float32 images with a float32 model "
-                "(model.float(), x.float())")
+        if self.method != "autograd":
+            _refuse_half_precision_differences(x, self.method, self.h)
         if self.method == "autograd":
             forward_mode.verify_once(self.model, x)  # once per model: torch's nested forward rules
         V = self.directions(x.shape[1:], x.device, x.dtype)

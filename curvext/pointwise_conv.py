@@ -44,19 +44,33 @@ def _is_zero_padding(value) -> bool:
     return value in (0, "valid", "same") or (isinstance(value, (tuple, list)) and all(v == 0 for v in value))
 
 
+def _is_pair(value) -> bool:
+    """An int, or a tuple/list of one or two ints (what conv2d accepts for stride and the like)."""
+    return isinstance(value, int) or (isinstance(value, (tuple, list)) and len(value) in (1, 2))
+
+
 def _pointwise_call(args: tuple, kwargs: dict) -> dict | None:
-    """The ``conv2d`` call's arguments by name when it is a 1x1 convolution of CPU tensors that
-    :func:`pointwise_conv2d` computes; None otherwise."""
+    """The ``conv2d`` call's arguments by name when it is a 1x1 convolution of contiguous CPU
+    tensors of one dtype, outside autocast, that :func:`pointwise_conv2d` computes exactly as
+    torch would; None otherwise (torch then runs it, and raises its own errors)."""
     if len(args) > len(_CONV2D_PARAMETERS) or any(k not in _CONV2D_PARAMETERS for k in kwargs):
         return None
     call = dict(_CONV2D_DEFAULTS, **dict(zip(_CONV2D_PARAMETERS, args)), **kwargs)
-    input, weight = call.get("input"), call.get("weight")
+    input, weight, bias = call.get("input"), call.get("weight"), call["bias"]
     if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
         return None
-    if weight.dim() != 4 or weight.shape[-2:] != (1, 1) or input.dim() not in (3, 4):
+    if weight.dim() != 4 or weight.shape[-2:] != (1, 1) or input.dim() not in (3, 4) or not input.is_contiguous():
         return None
     if input.device.type != "cpu" or weight.device.type != "cpu" or input.shape[-3] != weight.shape[1]:
-        return None  # wrong channel counts: let torch raise its own error
+        return None
+    if weight.dtype != input.dtype or torch.is_autocast_enabled("cpu"):
+        return None
+    if bias is not None and not (isinstance(bias, torch.Tensor) and bias.dtype == input.dtype
+                                 and bias.device == input.device and tuple(bias.shape) == (weight.shape[0],)):
+        return None
+    if not all(_is_pair(call[k]) for k in ("stride", "dilation")) or not (
+            isinstance(call["padding"], str) or _is_pair(call["padding"])):
+        return None
     if call["groups"] != 1 or not _is_one(call["stride"]) or not _is_one(call["dilation"]):
         return None
     return call if _is_zero_padding(call["padding"]) else None

@@ -126,6 +126,10 @@ def test_half_precision_scores_exactly_and_refuses_finite_differences(dtype, cap
     for method in ("fd", "fd2"):
         with pytest.raises(ValueError, match=re.escape(f"x is {dtype}: method={method!r} takes second differences")):
             CurvatureDetector(half, num_directions=8, method=method).score(x.to(dtype))
+    if dtype == torch.bfloat16:  # float32 images, but the model would run in bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+                ValueError, match=re.escape("autocast runs the model in torch.bfloat16: method='fd2'")):
+            CurvatureDetector(model, num_directions=8, method="fd2").score(x)
 
 
 def test_fit_threshold_picks_the_separating_orientation():

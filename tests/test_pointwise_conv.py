@@ -32,6 +32,15 @@ def test_only_pointwise_convolutions_of_cpu_tensors_are_rerouted():
     assert _pointwise_call((torch.randn(2, 4, 5, 5), torch.randn(4, 2, 1, 1), None, 1, 0, 1, 2), {}) is None  # groups
     assert _pointwise_call((torch.randn(2, 3, 5, 5), w1), {}) is None  # torch reports the channel mismatch
     assert _pointwise_call((x.to("meta"), w1.to("meta")), {}) is None  # not on the CPU
+    # Calls torch would reject or compute differently stay with torch:
+    assert _pointwise_call((x, w1, torch.zeros(3, dtype=torch.float64)), {}) is None  # bias dtype
+    assert _pointwise_call((x, w1, torch.zeros(1)), {}) is None  # bias shape (torch raises)
+    assert _pointwise_call((x, w1, None, (1, 1, 1)), {}) is None  # a 3-D stride (torch raises)
+    assert _pointwise_call((x, w1, None, 1, (0, 0, 0, 0)), {}) is None
+    assert _pointwise_call((x.double(), w1), {}) is None  # mixed dtypes (torch raises)
+    assert _pointwise_call((x.contiguous(memory_format=torch.channels_last), w1), {}) is None  # keeps its layout
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _pointwise_call((x, w1), {}) is None  # autocast picks the conv's dtype
 
 
 def test_the_context_reroutes_nn_conv2d_and_leaves_errors_to_torch():
