@@ -68,7 +68,8 @@ def _vectorised_or_rows(vectorised, rows, what: str):
     try:
         return rows()
     except (RuntimeError, NotImplementedError) as err:
-        if "derivative for" in str(err) or "not implemented" in str(err).lower():
+        text = str(err).lower()
+        if "derivative for" in text or "not implemented" in text or "forward ad" in text:
             raise RuntimeError(
                 f"{what}: the model uses an operation that PyTorch cannot differentiate twice "
                 f"({str(err).splitlines()[0][:200]}), which method='autograd' needs; use method='fd' or "

@@ -242,6 +242,17 @@ def test_a_model_torch_cannot_differentiate_twice_gets_a_clear_error():
     assert torch.isfinite(hn).all()
 
 
+def test_a_model_without_nested_forward_rules_gets_the_same_clear_error():
+    """An in-place SiLU (EfficientNet's) has no forward-mode rule for its backward in PyTorch: the
+    forward-over-forward sums cannot run (models with a Taylor-mode plan do not need them)."""
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.SiLU(inplace=True),
+                                torch.nn.Linear(8, 3)).double().eval()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    V = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"silu_backward.*method='fd' or 'fd2'"):
+        logit_quadratic_forms(model, x, V, "autograd", 0.0)
+
+
 def test_hessian_normal_products_split_the_classes_when_memory_runs_out(monkeypatch, caplog):
     import curvext.quadratic_forms as qf
 
