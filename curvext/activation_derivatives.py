@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad as fwAD
 from torch.nn import functional as F
 
 #: ``z -> (sigma(z), sigma'(z), sigma''(z))``, element by element.
@@ -29,7 +30,7 @@ Derivatives = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.T
 def _log1p_of_unit_interval(t: torch.Tensor) -> torch.Tensor:
     """``log(1 + t)`` for ``t`` in [0, 1] from ``log`` (vectorised on the CPU, unlike ``log1p``):
     ``log(u) * t / (u - 1)`` with ``u = 1 + t`` cancels the rounding of ``u`` (Goldberg, 1991).
-    Values only: the expression's own derivative cancels badly (see :class:`_Softplus`)."""
+    Values only: the expression's own derivative cancels badly (see :func:`softplus`)."""
     u = 1 + t
     rounded = u - 1
     return torch.where(rounded == 0, t, torch.log(u) * (t / torch.where(rounded == 0, 1, rounded)))
@@ -43,44 +44,25 @@ def _softplus_value(z: torch.Tensor, beta: float, threshold: float) -> torch.Ten
     return torch.where(scaled > threshold, z, smooth)
 
 
-def _softplus_slope(z: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
-    """``d softplus / dz``: ``sigmoid(beta z)``, 1 above the threshold (torch's backward formula)."""
-    scaled = z * beta
-    return torch.where(scaled > threshold, torch.ones_like(scaled), torch.sigmoid(scaled))
-
-
-class _Softplus(torch.autograd.Function):
-    """The value from :func:`_softplus_value`, the derivatives from torch's formula written in
-    differentiable operations, so reverse mode (twice), forward mode and ``vmap`` see softplus."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(z, beta, threshold):
-        return _softplus_value(z, beta, threshold)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        z, ctx.beta, ctx.threshold = inputs
-        ctx.save_for_backward(z)
-        ctx.save_for_forward(z)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (z,) = ctx.saved_tensors
-        return grad * _softplus_slope(z, ctx.beta, ctx.threshold), None, None
-
-    @staticmethod
-    def jvp(ctx, tangent, *_):
-        (z,) = ctx.saved_tensors
-        return tangent * _softplus_slope(z, ctx.beta, ctx.threshold)
+def _differentiated(z: torch.Tensor) -> bool:
+    """Whether an autograd mode may differentiate through operations on ``z``: reverse mode
+    recording it, a ``torch.func`` transform, or a forward-mode dual level."""
+    if torch.is_grad_enabled() and z.requires_grad:
+        return True
+    if torch.compiler.is_compiling():
+        return False  # the tensor checks below are not traceable; the compiled sums run under no_grad
+    return torch._C._are_functorch_transforms_active() or fwAD.unpack_dual(z).tangent is not None
 
 
 def softplus(z: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
     """``F.softplus(z, beta, threshold)``: ``log(1 + exp(beta z)) / beta``, ``z`` itself where
-    ``beta z > threshold``; computed as ``max(beta z, 0) + log1p(exp(-|beta z|))``, exact in both
-    tails (float16 and bfloat16 in float32, as torch does), with torch's derivatives."""
-    return _Softplus.apply(z, beta, threshold)
+    ``beta z > threshold``. Evaluated without differentiation (the Taylor-mode walk), it is
+    ``max(beta z, 0) + log1p(exp(-|beta z|))``, exact in both tails (float16 and bfloat16 in
+    float32, as torch does); when anything differentiates through it, it is ``F.softplus``
+    itself, whose derivative formulas every autograd mode knows (the expression's own cancel)."""
+    if _differentiated(z):
+        return F.softplus(z, beta, threshold)
+    return _softplus_value(z, beta, threshold)
 
 
 def _softplus(beta: float, threshold: float) -> Derivatives:

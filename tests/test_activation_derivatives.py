@@ -75,8 +75,9 @@ def test_softplus_value_is_accurate_to_a_few_units_in_the_last_place(dtype, beta
 
 
 def test_softplus_has_torchs_derivatives_in_every_mode():
-    # Reverse mode twice, forward mode and vmap, at 0, in both tails and around the threshold
-    # (the value's own expression would give 0/0 and cancellation there).
+    # Reverse mode twice, forward mode twice, mixed, vmap and a forward-mode dual level, at 0, in
+    # both tails and around the threshold (the value's own expression would give 0/0 and
+    # cancellation there): all of them see torch's softplus.
     z = torch.tensor([-40.0, -20.0, -3.0, 0.0, 1e-9, 2.0, 4.9, 5.0, 5.1, 18.0, 40.0], dtype=torch.float64)
 
     def ours(v):
@@ -85,18 +86,27 @@ def test_softplus_has_torchs_derivatives_in_every_mode():
     def torchs(v):
         return F.softplus(v, 2.0, 10.0)
 
-    for fn in (ours, torchs):
-        assert torch.isfinite(grad(lambda v: grad(lambda w: fn(w).sum())(v).sum())(z)).all()
-    first = [grad(lambda v, f=f: f(v).sum())(z) for f in (ours, torchs)]
-    second = [grad(lambda v, f=f: grad(lambda w: f(w).sum())(v).sum())(z) for f in (ours, torchs)]
-    torch.testing.assert_close(first[0], first[1], rtol=1e-14, atol=0)
-    off = 2.0 * z != 10.0  # exactly at the threshold torch's second derivative takes the identity's 0
-    torch.testing.assert_close(second[0][off], second[1][off], rtol=1e-12, atol=1e-300)
+    def slope(f):
+        return lambda v: grad(lambda w: f(w).sum())(v)
+
     tangent = torch.linspace(-1, 1, z.numel(), dtype=torch.float64)
-    torch.testing.assert_close(torch.func.jvp(ours, (z,), (tangent,))[1], torch.func.jvp(torchs, (z,), (tangent,))[1],
-                               rtol=1e-14, atol=0)
-    stacked = torch.stack([z, -z, 3 * z])
-    torch.testing.assert_close(torch.func.vmap(ours)(stacked), torchs(stacked), rtol=1e-14, atol=0)
+    for derivative in (slope,  # reverse
+                       lambda f: lambda v: grad(lambda w: slope(f)(w).sum())(v),  # reverse over reverse
+                       lambda f: lambda v: torch.func.jvp(f, (v,), (tangent,))[1],  # forward
+                       lambda f: lambda v: torch.func.jvp(lambda w: torch.func.jvp(f, (w,), (tangent,))[1],
+                                                          (v,), (tangent,))[1],  # forward over forward
+                       lambda f: lambda v: torch.func.jvp(slope(f), (v,), (tangent,))[1],  # forward over reverse
+                       lambda f: lambda v: torch.func.vmap(slope(f))(torch.stack([v, -v]))):
+        torch.testing.assert_close(derivative(ours)(z), derivative(torchs)(z), rtol=1e-14, atol=0)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(z, tangent)
+        torch.testing.assert_close(torch.autograd.forward_ad.unpack_dual(ours(dual)).tangent,
+                                   torch.autograd.forward_ad.unpack_dual(torchs(dual)).tangent, rtol=1e-14, atol=0)
+    # Evaluated without differentiation it is the fast expression, equal to torch's to rounding.
+    with torch.no_grad():
+        fast = ours(z.clone().requires_grad_(True))
+    assert torch.equal(fast, activation_derivatives._softplus_value(z, 2.0, 10.0))
+    torch.testing.assert_close(fast, torchs(z), rtol=1e-15, atol=0)
 
 
 class _ScaledSoftplus(nn.Softplus):
