@@ -104,7 +104,7 @@ def _refuse_half_precision_differences(x: torch.Tensor, method: str, h: float) -
     """Raise ValueError when ``x`` is float16/bfloat16 or an autocast region would run the model
     in one: second differences of the logits at scale ``h`` lose every digit there."""
     dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
+    if dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):  # autocast leaves float64 alone
         dtype = torch.get_autocast_dtype(x.device.type)
     if torch.finfo(dtype).eps > 1e-4:
         where = f"x is {dtype}" if dtype == x.dtype else f"autocast runs the model in {dtype}"

@@ -130,6 +130,9 @@ def test_half_precision_scores_exactly_and_refuses_finite_differences(dtype, cap
         with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
                 ValueError, match=re.escape("autocast runs the model in torch.bfloat16: method='fd2'")):
             CurvatureDetector(model, num_directions=8, method="fd2").score(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # which leaves float64 models in float64
+            double = copy.deepcopy(model).double()
+            CurvatureDetector(double, num_directions=8, method="fd2").score(x.double())
 
 
 def test_fit_threshold_picks_the_separating_orientation():
