@@ -14,6 +14,10 @@ a context in which ``F.layer_norm``, ``torch.layer_norm`` and ``F.instance_norm`
 ``nn.LayerNorm`` and ``nn.InstanceNorm*d`` make) run them instead. Values equal torch's to rounding; ``tests/test_forward_mode.py`` checks second
 derivatives against reverse-over-reverse Hessians.
 
+The context also runs adaptive average pooling on a contiguous copy of its input: on
+channels-last input (a 1x1 convolution's output often is) ``vmap`` has no batching rule for it and
+loops over the rows with a warning.
+
 Other operations may have the same kind of bug (#198017 lists several), so
 :func:`verify_once` compares, once per model, the forward-mode sums ``sum_j v_j^T H v_j`` that
 the exact detector uses with reverse-over-reverse products on one image, in float64, and
@@ -99,8 +103,20 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     return _per_channel_affine(out, weight, bias)
 
 
+def _contiguous_input(pool):
+    """``pool`` on a contiguous copy of its input: ``vmap`` has no batching rule for what adaptive
+    average pooling does to channels-last input (which a 1x1 convolution's output often is), and
+    falls back to a per-row loop with a warning."""
+    def pooled(input: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return pool(input.contiguous(), *args, **kwargs)
+
+    return pooled
+
+
 _REPLACED = {F.layer_norm: layer_norm, torch.layer_norm: layer_norm, F.instance_norm: instance_norm,
-             F.group_norm: group_norm, F.batch_norm: batch_norm}
+             F.group_norm: group_norm, F.batch_norm: batch_norm,
+             **{pool: _contiguous_input(pool) for pool in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                                                          F.adaptive_avg_pool3d)}}
 
 
 def replaces(fn) -> bool:

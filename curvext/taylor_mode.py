@@ -66,6 +66,7 @@ _LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvT
                    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.PixelShuffle, nn.PixelUnshuffle)
 #: affine only with running statistics, i.e. in eval mode (training mode uses batch statistics or
 #: random masks, which the detector refuses anyway).
+_ADAPTIVE_AVERAGE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _EVAL_LINEAR_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                         nn.Dropout3d, nn.AlphaDropout)
 _ELEMENTWISE_MODULES = (nn.Softplus, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
@@ -339,10 +340,11 @@ def _linear(fn, args, kwargs, pairs):
     def tangent(*us):
         return jvp(call, primals, us)
 
-    # Eval-mode batch norm as elementary operations, which the compiler can trace through jvp
-    # (only there: the context costs Python time on every operation it sees).
-    normalisation = isinstance(fn, nn.modules.batchnorm._NormBase) or forward_mode.replaces(fn)
-    with forward_mode.corrected() if normalisation else contextlib.nullcontext():
+    # Eval-mode batch norm as elementary operations, which the compiler can trace through jvp, and
+    # adaptive pools on contiguous input, which vmap can batch (only there: the context costs
+    # Python time on every operation it sees).
+    rerouted = isinstance(fn, (nn.modules.batchnorm._NormBase, _ADAPTIVE_AVERAGE_POOLS)) or forward_mode.replaces(fn)
+    with forward_mode.corrected() if rerouted else contextlib.nullcontext():
         primal, rows = vmap(tangent, out_dims=(None, 0))(*(j.rows for j in jets))
     return Jet(primal, rows, jets[0].order1)
 

@@ -154,3 +154,36 @@ def test_the_check_copies_the_model_to_float64_on_the_cpu_without_touching_it():
         assert torch.equal(v, before[k])
     x = torch.rand(2, 1, 4, 4)
     torch.testing.assert_close(copy(x.double()).float(), model(x), rtol=1e-5, atol=1e-6)
+
+
+class PointwiseThenAdaptivePool(nn.Module):
+    """Convolutions through to adaptive average pooling, as the NiN's last layers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv, self.act, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.Softplus(), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.head(self.act(self.conv(x))), 1).flatten(1)
+
+
+@pytest.mark.parametrize("taylor", [True, False])
+def test_adaptive_pooling_of_channels_last_input_is_batched_without_a_fallback_warning(taylor):
+    # torch's vmap has no batching rule for adaptive pooling of channels-last input: a per-row loop
+    # and a UserWarning; both passes give it contiguous input.
+    model = PointwiseThenAdaptivePool().eval()
+    # One-channel images with channels-last strides (as the digits loader makes them: both layouts
+    # at once) make every convolution's output channels last.
+    x = torch.rand(4, 4, 4, 1).permute(0, 3, 1, 2)
+    assert x.stride() == (16, 1, 4, 1) and not model.conv(x).is_contiguous()
+    V = torch.randn(3, 1, 4, 4)
+    with pytest.warns() as record:
+        import warnings
+
+        warnings.warn("sentinel", UserWarning)  # pytest.warns needs one warning
+        sums = logit_quadratic_form_sums(model, x, V, "autograd", 0.0, taylor=taylor)
+    assert [str(w.message) for w in record] == ["sentinel"]
+    assert (taylor_mode.plan_for(model) is not None) or not taylor
+    reference = logit_quadratic_form_sums(model.double(), x.double(), V.double(), "autograd", 0.0, taylor=False)
+    torch.testing.assert_close(sums.double(), reference, rtol=1e-4, atol=1e-6)
