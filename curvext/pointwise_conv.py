@@ -30,9 +30,17 @@ _CONV2D_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "gro
 def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.conv2d(input, weight, bias)`` for a 1x1 ``weight (O, C, 1, 1)`` (stride 1, no padding,
     one group) as a matrix product over the channels: ``input (N, C, H, W)`` or ``(C, H, W)``
-    gives ``(N, O, H, W)`` or ``(O, H, W)``."""
+    gives ``(N, O, H, W)`` or ``(O, H, W)``, in the input's memory layout (channels-last input,
+    ``(N, H, W, C)`` in memory, is one matrix product with the channels innermost)."""
+    if _is_channels_last(input):
+        y = torch.matmul(input.permute(0, 2, 3, 1), weight.flatten(1).T)
+        return (y if bias is None else y + bias).permute(0, 3, 1, 2)
     y = torch.matmul(weight.flatten(1), input.flatten(-2)).unflatten(-1, input.shape[-2:])
     return y if bias is None else y + bias.reshape(-1, 1, 1)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _is_one(value) -> bool:
@@ -50,8 +58,8 @@ def _is_pair(value) -> bool:
 
 
 def _pointwise_call(args: tuple, kwargs: dict) -> dict | None:
-    """The ``conv2d`` call's arguments by name when it is a 1x1 convolution of contiguous CPU
-    tensors of one dtype, outside autocast, that :func:`pointwise_conv2d` computes exactly as
+    """The ``conv2d`` call's arguments by name when it is a 1x1 convolution of CPU tensors of one
+    dtype (input contiguous or channels last), outside autocast, that :func:`pointwise_conv2d` computes exactly as
     torch would; None otherwise (torch then runs it, and raises its own errors)."""
     if len(args) > len(_CONV2D_PARAMETERS) or any(k not in _CONV2D_PARAMETERS for k in kwargs):
         return None
@@ -59,7 +67,9 @@ def _pointwise_call(args: tuple, kwargs: dict) -> dict | None:
     input, weight, bias = call.get("input"), call.get("weight"), call["bias"]
     if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)):
         return None
-    if weight.dim() != 4 or weight.shape[-2:] != (1, 1) or input.dim() not in (3, 4) or not input.is_contiguous():
+    if weight.dim() != 4 or weight.shape[-2:] != (1, 1) or input.dim() not in (3, 4):
+        return None
+    if not (input.is_contiguous() or _is_channels_last(input)):
         return None
     if input.device.type != "cpu" or weight.device.type != "cpu" or input.shape[-3] != weight.shape[1]:
         return None

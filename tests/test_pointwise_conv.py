@@ -20,6 +20,18 @@ def test_pointwise_conv2d_equals_the_convolution(batched, with_bias):
     torch.testing.assert_close(pointwise_conv2d(x, w, b), F.conv2d(x, w, b), rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_channels_last_input_gives_torchs_values_in_torchs_layout(with_bias):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 4, 6, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(7, 5, 1, 1, generator=g, dtype=torch.float64)
+    b = torch.randn(7, generator=g, dtype=torch.float64) if with_bias else None
+    assert _pointwise_call((x, w, b), {}) is not None
+    got, want = pointwise_conv2d(x, w, b), F.conv2d(x, w, b)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    assert got.is_contiguous(memory_format=torch.channels_last) and want.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_only_pointwise_convolutions_of_cpu_tensors_are_rerouted():
     x, w1, w3 = torch.randn(2, 4, 5, 5), torch.randn(3, 4, 1, 1), torch.randn(3, 4, 3, 3)
     assert _pointwise_call((x, w1, None, (1, 1), (0, 0), (1, 1), 1), {}) is not None
@@ -38,7 +50,7 @@ def test_only_pointwise_convolutions_of_cpu_tensors_are_rerouted():
     assert _pointwise_call((x, w1, None, (1, 1, 1)), {}) is None  # a 3-D stride (torch raises)
     assert _pointwise_call((x, w1, None, 1, (0, 0, 0, 0)), {}) is None
     assert _pointwise_call((x.double(), w1), {}) is None  # mixed dtypes (torch raises)
-    assert _pointwise_call((x.contiguous(memory_format=torch.channels_last), w1), {}) is None  # keeps its layout
+    assert _pointwise_call((x.transpose(2, 3), w1), {}) is None  # neither layout
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _pointwise_call((x, w1), {}) is None  # autocast picks the conv's dtype
 
