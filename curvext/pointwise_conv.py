@@ -59,8 +59,9 @@ def _is_pair(value) -> bool:
 
 def _pointwise_call(args: tuple, kwargs: dict) -> dict | None:
     """The ``conv2d`` call's arguments by name when it is a 1x1 convolution of CPU tensors of one
-    dtype (input contiguous or channels last), outside autocast, that :func:`pointwise_conv2d` computes exactly as
-    torch would; None otherwise (torch then runs it, and raises its own errors)."""
+    dtype (input contiguous or channels last), outside autocast, that :func:`pointwise_conv2d`
+    computes exactly as torch would; None otherwise (torch then runs it, and raises its own
+    errors)."""
     if len(args) > len(_CONV2D_PARAMETERS) or any(k not in _CONV2D_PARAMETERS for k in kwargs):
         return None
     call = dict(_CONV2D_DEFAULTS, **dict(zip(_CONV2D_PARAMETERS, args)), **kwargs)

@@ -64,9 +64,9 @@ _LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvT
                    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.MaxPool1d, nn.MaxPool2d,
                    nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
                    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.PixelShuffle, nn.PixelUnshuffle)
+_ADAPTIVE_AVERAGE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 #: affine only with running statistics, i.e. in eval mode (training mode uses batch statistics or
 #: random masks, which the detector refuses anyway).
-_ADAPTIVE_AVERAGE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 _EVAL_LINEAR_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                         nn.Dropout3d, nn.AlphaDropout)
 _ELEMENTWISE_MODULES = (nn.Softplus, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,
@@ -343,7 +343,8 @@ def _linear(fn, args, kwargs, pairs):
     # Eval-mode batch norm as elementary operations, which the compiler can trace through jvp, and
     # adaptive pools on contiguous input, which vmap can batch (only there: the context costs
     # Python time on every operation it sees).
-    rerouted = isinstance(fn, (nn.modules.batchnorm._NormBase, _ADAPTIVE_AVERAGE_POOLS)) or forward_mode.replaces(fn)
+    rerouted = (isinstance(fn, (nn.modules.batchnorm._NormBase, _ADAPTIVE_AVERAGE_POOLS))
+                or forward_mode.replaces(fn))
     with forward_mode.corrected() if rerouted else contextlib.nullcontext():
         primal, rows = vmap(tangent, out_dims=(None, 0))(*(j.rows for j in jets))
     return Jet(primal, rows, jets[0].order1)

@@ -29,7 +29,8 @@ def test_channels_last_input_gives_torchs_values_in_torchs_layout(with_bias):
     assert _pointwise_call((x, w, b), {}) is not None
     got, want = pointwise_conv2d(x, w, b), F.conv2d(x, w, b)
     torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
-    assert got.is_contiguous(memory_format=torch.channels_last) and want.is_contiguous(memory_format=torch.channels_last)
+    for out in (got, want):
+        assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_only_pointwise_convolutions_of_cpu_tensors_are_rerouted():
