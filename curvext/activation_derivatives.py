@@ -47,11 +47,10 @@ def _softplus_value(z: torch.Tensor, beta: float, threshold: float) -> torch.Ten
 def _differentiated(z: torch.Tensor) -> bool:
     """Whether an autograd mode may differentiate through operations on ``z``: reverse mode
     recording it, a ``torch.func`` transform, or a forward-mode dual level."""
-    if torch.is_grad_enabled() and z.requires_grad:
+    if (torch.is_grad_enabled() and z.requires_grad) or torch._C._are_functorch_transforms_active():
         return True
-    if torch.compiler.is_compiling():
-        return False  # the tensor checks below are not traceable; the compiled sums run under no_grad
-    return torch._C._are_functorch_transforms_active() or fwAD.unpack_dual(z).tangent is not None
+    # torch.compile cannot trace the dual-tensor query (nor make dual tensors in a compiled region).
+    return not torch.compiler.is_compiling() and fwAD.unpack_dual(z).tangent is not None
 
 
 def softplus(z: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:

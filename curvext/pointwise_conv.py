@@ -40,7 +40,14 @@ def pointwise_conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    """Channels last and not also standard; False for what ``vmap`` cannot answer (it can only
+    query the standard layout of a batched tensor)."""
+    if t.dim() != 4 or t.is_contiguous():
+        return False
+    try:
+        return t.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:
+        return False
 
 
 def _is_one(value) -> bool:

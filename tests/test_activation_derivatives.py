@@ -102,6 +102,9 @@ def test_softplus_has_torchs_derivatives_in_every_mode():
         dual = torch.autograd.forward_ad.make_dual(z, tangent)
         torch.testing.assert_close(torch.autograd.forward_ad.unpack_dual(ours(dual)).tangent,
                                    torch.autograd.forward_ad.unpack_dual(torchs(dual)).tangent, rtol=1e-14, atol=0)
+    # Compiled, a torch.func transform still sees torch's softplus.
+    compiled = torch.compile(lambda v: grad(lambda w: ours(w).sum())(v), fullgraph=True)
+    torch.testing.assert_close(compiled(z), slope(torchs)(z), rtol=1e-14, atol=0)
     # Evaluated without differentiation it is the fast expression, equal to torch's to rounding.
     with torch.no_grad():
         fast = ours(z.clone().requires_grad_(True))

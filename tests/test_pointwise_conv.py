@@ -116,3 +116,14 @@ def test_the_reverse_over_reverse_pass_reroutes_the_pointwise_convolutions(monke
     _hessian_normal_vectorised(model, x, torch.stack([torch.tensor([c for c in range(3) if c != p][:1])
                                                        for p in pred.tolist()]), pred)
     assert {tuple(s) for s in calls} == {(4, 5, 1, 1), (3, 4, 1, 1)}  # the two 1x1 layers, not the 3x3 one
+
+
+def test_inputs_batched_by_vmap_are_computed_as_torch_does():
+    # vmap can query only the standard layout of a batched tensor; a channels-last query raised.
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(3, 4, 1, 1, generator=g, dtype=torch.float64)
+    for x in (torch.randn(5, 2, 4, 3, 3, generator=g, dtype=torch.float64),
+              torch.randn(5, 2, 3, 3, 4, generator=g, dtype=torch.float64).permute(0, 1, 4, 2, 3)):
+        with pointwise_as_matmul():
+            got = torch.func.vmap(lambda xi: F.conv2d(xi, w))(x)
+        torch.testing.assert_close(got, torch.func.vmap(lambda xi: F.conv2d(xi, w))(x), rtol=1e-14, atol=1e-14)
