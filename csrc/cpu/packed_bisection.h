@@ -32,7 +32,8 @@ struct PackedBisectionScratch {
   std::vector<T> lane_b2;    // (n - 1, L)
 };
 
-// Sturm counts with per-lane matrices: cnt[l] = eigenvalues below x[l] of lane l's matrix.
+// Sturm counts with per-lane matrices: cnt[l] = eigenvalues below x[l] of lane l's matrix
+// (tridiag::sturm_pivot per element, in lane-major layout).
 template <typename T, int L>
 CURVEXT_HD_HOT void sturm_counts_lane_major(const T* A, const T* B2, int n, const T* x, const T* pivmin,
                                             int* cnt) {
@@ -40,20 +41,16 @@ CURVEXT_HD_HOT void sturm_counts_lane_major(const T* A, const T* B2, int n, cons
   int c[L];
   CURVEXT_SIMD
   for (int l = 0; l < L; ++l) {
-    T v = A[l] - x[l];
-    v = abs_(v) < pivmin[l] ? -pivmin[l] : v;
-    q[l] = v;
-    c[l] = v < T(0) ? 1 : 0;
+    q[l] = tridiag::sturm_pivot(A[l], x[l], T(0), pivmin[l]);
+    c[l] = q[l] < T(0) ? 1 : 0;
   }
   for (int i = 1; i < n; ++i) {
     const T* ai = A + (int64_t)i * L;
     const T* bi2 = B2 + (int64_t)(i - 1) * L;
     CURVEXT_SIMD
     for (int l = 0; l < L; ++l) {
-      T v = (ai[l] - x[l]) - bi2[l] / q[l];
-      v = abs_(v) < pivmin[l] ? -pivmin[l] : v;
-      q[l] = v;
-      c[l] += v < T(0) ? 1 : 0;
+      q[l] = tridiag::sturm_pivot(ai[l], x[l], bi2[l] / q[l], pivmin[l]);
+      c[l] += q[l] < T(0) ? 1 : 0;
     }
   }
   for (int l = 0; l < L; ++l) cnt[l] = c[l];

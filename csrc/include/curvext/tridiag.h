@@ -65,6 +65,16 @@ CURVEXT_HD int bisection_steps(const Bounds<T>& bd) {
   return bisection_steps(bd, bd.upper - bd.lower);
 }
 
+// One step of the Sturm recurrence: the pivot q_i = (a_i - x) - b_{i-1}^2 / q_{i-1} of the LDL^T
+// factorisation of T - x I (pass b2_over_q = 0 for i = 0), a pivot smaller than pivmin in magnitude
+// replaced by -pivmin (LAPACK's dstebz rule). The count of negative pivots is the number of
+// eigenvalues below x. Every Sturm count of the CPU and CUDA kernels goes through this function.
+template <typename T>
+CURVEXT_HD_HOT T sturm_pivot(T ai, T x, T b2_over_q, T pivmin) {
+  T v = (ai - x) - b2_over_q;
+  return abs_(v) < pivmin ? -pivmin : v;
+}
+
 // Sturm counts for L shifts at once: cnt[l] = number of eigenvalues < x[l].
 // The loop over l has no dependences, so the CPU build vectorises it; CUDA uses L = 1.
 template <typename T, int L>
@@ -72,18 +82,14 @@ CURVEXT_HD_HOT void sturm_counts(const T* a, const T* b2, int n, const T* x, T p
   T q[L];
   int c[L];
   for (int l = 0; l < L; ++l) {
-    T v = a[0] - x[l];
-    v = abs_(v) < pivmin ? -pivmin : v;
-    q[l] = v;
-    c[l] = v < T(0) ? 1 : 0;
+    q[l] = sturm_pivot(a[0], x[l], T(0), pivmin);
+    c[l] = q[l] < T(0) ? 1 : 0;
   }
   for (int i = 1; i < n; ++i) {
     const T ai = a[i], bi2 = b2[i - 1];
     for (int l = 0; l < L; ++l) {
-      T v = (ai - x[l]) - bi2 / q[l];
-      v = abs_(v) < pivmin ? -pivmin : v;
-      q[l] = v;
-      c[l] += v < T(0) ? 1 : 0;
+      q[l] = sturm_pivot(ai, x[l], bi2 / q[l], pivmin);
+      c[l] += q[l] < T(0) ? 1 : 0;
     }
   }
   for (int l = 0; l < L; ++l) cnt[l] = c[l];
