@@ -6,14 +6,15 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: venv build build-cpu test demo bench gpu-check clean
+.PHONY: venv build build-cpu test lint demo bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q numpy scipy pandas pyarrow matplotlib tqdm scikit-learn ninja pybind11 \
-	    pytest pytest-benchmark foolbox torchattacks linear-operator
+	# the core dependencies, the extras eval, test and bench of pyproject.toml, and the build tools
+	$(BIN)/pip install -q numpy scikit-learn pillow pandas pyarrow matplotlib tqdm \
+	    pytest pytest-benchmark scipy foolbox torchattacks ruff linear-operator ninja pybind11
 
 venv: $(BIN)/python
 
@@ -33,7 +34,11 @@ build-cpu: venv
 	rm -f $(STAMP)
 
 test: build
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/ruff check .
 
 demo: build
 	$(BIN)/curvext demo

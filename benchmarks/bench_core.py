@@ -14,8 +14,9 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import curvext  # noqa: E402
 from problems import cnn_input_hvp, diag_plus_low_rank  # noqa: E402
+
+import curvext  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import time
 import torch
 import torchvision
 
-from curvext.detect import CurvatureDetector
+from curvext.detection.detector import CurvatureDetector
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402

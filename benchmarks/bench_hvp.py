@@ -5,7 +5,7 @@
 
 Rows (one product for each of B samples, F = f_2nd - f_top at random inputs of a random-init
 smooth LeNet from the zoo): forward pass (the unit); "autograd" (double backward through the
-first-order graph cached by curvext.hvp.InputHessian, graph build excluded and shown apart);
+first-order graph cached by curvext.curvature.hvp.InputHessian, graph build excluded and shown apart);
 forward-over-reverse (torch.func.jvp of torch.func.grad, no cache); "fd" (two gradient
 evaluations at x +- h v); "fd2" (the quadratic form v^T H v from two forward passes).
 """
@@ -19,8 +19,8 @@ import time
 import pytest
 import torch
 
-from curvext import zoo
-from curvext.hvp import InputHessian, pair_logit_difference
+from curvext.curvature.hvp import InputHessian, pair_logit_difference
+from curvext.data import zoo
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reporting import add_malloc_option, configure_malloc  # noqa: E402
@@ -91,7 +91,7 @@ def main(argv=None):
     unit = times["forward"]
     print(f"B={args.batch} {args.dataset} LeNet (smooth), fp32, {torch.get_num_threads()} threads, {malloc}; "
           f"one forward = {1e3 * unit:.2f} ms")
-    print(f"| method | ms | x forward |\n|---|---:|---:|")
+    print("| method | ms | x forward |\n|---|---:|---:|")
     for name, t in times.items():
         print(f"| {name} | {1e3 * t:.2f} | {t / unit:.1f} |")
 

@@ -8,7 +8,7 @@ Images: the first B MNIST test images read straight from the IDX files when --mn
 (default ../shared/data/mnist if present), else uniform noise. Points: DeepFool boundary points,
 found once and shared by both sides; pair (label across, original label).
 
-curvext: one batched Lanczos ("BE", 2k values) over all B images, on curvext.operators.
+curvext: one batched Lanczos ("BE", 2k values) over all B images, on curvext.curvature.operators.
 CurvatureOperator (autograd products through one cached graph for the batch).
 scipy: for each image its own one-image CurvatureOperator, wrapped as a LinearOperator, eigsh
 with which="BE", k=2k, the same tolerance and a tangent start vector. Accuracy: the largest
@@ -28,9 +28,10 @@ import numpy as np
 import scipy.sparse.linalg as sla
 import torch
 
-from curvext import data, zoo
+from curvext import data
+from curvext.curvature.operators import CurvatureOperator
+from curvext.data import zoo
 from curvext.geometry.profiles import curvature_points, principal_curvatures
-from curvext.operators import CurvatureOperator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402

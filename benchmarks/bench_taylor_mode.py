@@ -4,9 +4,9 @@
         [--directions 16] [--classes 9] [--repeat 5] [--device cpu] [--out F.md]
 
 For the zoo's smooth LeNet and NiN: milliseconds per group of images of (1) the sums over the
-directions ``sum_j v_j^T H v_j`` of every logit (:func:`curvext.quadratic_forms.logit_quadratic_form_sums`)
+directions ``sum_j v_j^T H v_j`` of every logit (:func:`curvext.curvature.quadratic_forms.logit_quadratic_form_sums`)
 and (2) all of Algorithm 2's per-class curvature sums (:func:`class_curvature_sums`), each with
-the model's :mod:`curvext.taylor_mode` plan and with ``taylor=False`` (the ``torch.func`` path),
+the model's :mod:`curvext.autodiff.taylor_plan` plan and with ``taylor=False`` (the ``torch.func`` path),
 best of ``--repeat``; and the largest relative difference between the two (the same statistic).
 """
 from __future__ import annotations
@@ -19,9 +19,11 @@ import time
 
 import torch
 
-from curvext import data, taylor_mode, zoo
-from curvext.detect import CurvatureDetector
-from curvext.quadratic_forms import class_curvature_sums, logit_quadratic_form_sums
+from curvext import data
+from curvext.autodiff import taylor_plan
+from curvext.curvature.quadratic_forms import class_curvature_sums, logit_quadratic_form_sums
+from curvext.data import zoo
+from curvext.detection.detector import CurvatureDetector
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
@@ -66,7 +68,7 @@ def main(argv=None):
              "|---|---|---:|---:|---:|---:|"]
     for name in ("lenet", "nin"):
         model = zoo.train(name, "smooth", dataset, args.data_dir).model.to(args.device)
-        plan = taylor_mode.plan_for(model)
+        plan = taylor_plan.plan_for(model)
         if plan is None:
             raise SystemExit(f"{name}: no Taylor-mode plan (see the log)")
         V = CurvatureDetector(model, num_directions=args.directions).directions(x.shape[1:], x.device, x.dtype)

@@ -23,9 +23,10 @@ import scipy.sparse.linalg
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import curvext  # noqa: E402
 from problems import cnn_input_hvp, diag_plus_low_rank  # noqa: E402
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
+
+import curvext  # noqa: E402
 
 
 def elapsed(fn, device="cpu"):
@@ -65,7 +66,8 @@ def tridiag_rows(device, quick):
     if device == "cpu":
         an, bn = a.numpy(), b.numpy()
         sv = best_time(lambda: [scipy.linalg.eigh_tridiagonal(an[i], bn[i]) for i in range(B)], repeat=1)
-        sw = best_time(lambda: [scipy.linalg.eigh_tridiagonal(an[i], bn[i], eigvals_only=True) for i in range(B)], repeat=1)
+        sw = best_time(lambda: [scipy.linalg.eigh_tridiagonal(an[i], bn[i], eigvals_only=True) for i in range(B)],
+                       repeat=1)
         rows += [
             (f"tridiag_eigh vectors B={B} m={m}", t["ours_vectors"], "scipy eigh_tridiagonal loop", sv),
             (f"tridiag_eigh first comps B={B} m={m}", t["ours_first"], "scipy eigh_tridiagonal loop", sv),
@@ -108,7 +110,9 @@ def lanczos_vs_eigsh(problem, k, tol, device, samples):
         for s in range(samples):
             lin = scipy.sparse.linalg.LinearOperator(
                 (problem.n, problem.n), dtype=np.float32,
-                matvec=lambda v, s=s: problem.matvec(s, torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).reshape(-1).to(device)).cpu().numpy())
+                matvec=lambda v, s=s: problem.matvec(
+                    s, torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).reshape(-1).to(device)
+                ).cpu().numpy())
             out.append(scipy.sparse.linalg.eigsh(lin, k=k, which="LA", tol=tol, v0=v0[s].reshape(-1).cpu().numpy())[0])
         return out
 
@@ -181,7 +185,7 @@ def main(argv=None):
     for name, ours, ref_name, ref in rows:
         lines.append(f"| {name} | {ours:.4f} | {ref_name} | {ref:.4f} | {ref / ours:.1f}x |")
     lines.append("")
-    lines.append("| solver bookkeeping per step / one small-CNN HVP (B=%d, 3x32x32) | share (median of 5) | range |" % B)
+    lines.append(f"| solver bookkeeping per step / one small-CNN HVP (B={B}, 3x32x32) | share (median of 5) | range |")
     lines.append("|---|---:|---:|")
     for name, (median, low, high) in share.items():
         lines.append(f"| {name} | {100 * median:.1f}% | {100 * low:.1f}-{100 * high:.1f}% |")

@@ -18,8 +18,12 @@ import time
 
 import torch
 
-from curvext import data, zoo
-from curvext.detect import CurvatureDetector
+from curvext import data
+from curvext.curvature.quadratic_forms import class_curvatures
+from curvext.data import zoo
+from curvext.detection import CurvatureDetector, DetectorConfig
+from curvext.detection.deflated import deflated_class_curvatures
+from curvext.detection.scoring import random_directions
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
@@ -88,18 +92,16 @@ def deflation_rows(label, model, x, seeds=6) -> list[str]:
     (image, class): plain Hutchinson with T directions vs deflated (Lanczos top-k + T' = 8). The
     last column is how many Hutchinson applications the same variance would take (variance is
     proportional to 1/T; extrapolated from T = 128) per application the estimator spent."""
-    from curvext.deflated import deflated_class_curvatures
-    from curvext.quadratic_forms import class_curvatures
-
     with torch.no_grad():
         logits = model(x)
     pred = logits.argmax(1)
-    cls = logits.masked_fill(torch.nn.functional.one_hot(pred, logits.shape[1]).bool(), -float("inf")).topk(3, 1).indices
+    own = torch.nn.functional.one_hot(pred, logits.shape[1]).bool()
+    cls = logits.masked_fill(own, -float("inf")).topk(3, 1).indices
     rows, reference = [], None
     for T in (8, 32, 128):
         est = []
         for seed in range(seeds):
-            V = CurvatureDetector(model, num_directions=T, method="autograd", seed=seed).directions(x.shape[1:], x.device, x.dtype)
+            V = random_directions(x.shape[1:], T, seed, x.device, x.dtype)
             est.append(class_curvatures(model, x, cls, pred, V, "autograd", 0.0).mean(dim=2))
         var = float(torch.stack(est).var(dim=0).mean())
         reference = T * var
@@ -107,13 +109,16 @@ def deflation_rows(label, model, x, seeds=6) -> list[str]:
     for k in (4, 8):
         est, apps = [], []
         for seed in range(seeds):
-            det = CurvatureDetector(model, num_directions=8, method="autograd", estimator="deflated", deflation_k=k, seed=seed)
-            V = det.directions(x.shape[1:], x.device, x.dtype)
-            sums, steps = deflated_class_curvatures(det, x, cls, pred, V)
+            config = DetectorConfig(num_directions=8, method="autograd", estimator="deflated", deflation_k=k,
+                                    seed=seed)
+            V = random_directions(x.shape[1:], 8, seed, x.device, x.dtype)
+            sums, steps = deflated_class_curvatures(model, x, cls, pred, V, config)
             est.append(sums / 8)
             apps.append(steps.double().mean())
-        rows.append((f"deflated, k={k}, T'=8", float(torch.stack(apps).mean()), float(torch.stack(est).var(dim=0).mean())))
-    return [f"| {label} | {name} | {apps:.0f} | {var:.2e} | {reference / var / apps:.1f}x |" for name, apps, var in rows]
+        variance = float(torch.stack(est).var(dim=0).mean())
+        rows.append((f"deflated, k={k}, T'=8", float(torch.stack(apps).mean()), variance))
+    return [f"| {label} | {name} | {apps:.0f} | {var:.2e} | {reference / var / apps:.1f}x |"
+            for name, apps, var in rows]
 
 
 def deflation_table(x, dataset, data_dir, x_digits) -> str:
@@ -144,7 +149,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     malloc = configure_malloc(args)
     dataset = "mnist" if args.data_dir else "digits"
-    test = data.load_mnist(args.data_dir, "test", limit=args.images) if args.data_dir else data.load_digits("test").subset(args.images)
+    if args.data_dir:
+        test = data.load_mnist(args.data_dir, "test", limit=args.images)
+    else:
+        test = data.load_digits("test").subset(args.images)
     x = test.images
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, {malloc}; {dataset}, {x.shape[0]} images, T={args.directions}, "

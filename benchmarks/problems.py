@@ -6,8 +6,8 @@ linear_operator's closure ``(B, n, 1) -> (B, n, 1)``, ``shape`` and ``B``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -15,13 +15,13 @@ def add_malloc_option(parser) -> None:
     """``--default-malloc``: leave glibc's allocator as it is (by default the scripts tune it)."""
     parser.add_argument("--default-malloc", action="store_true",
                         help="do not call curvext.tune_cpu_allocator() (it applies to both sides of every "
-                             "comparison; see curvext/cpu_allocator.py)")
+                             "comparison; see curvext/utils/cpu_allocator.py)")
 
 
 def configure_malloc(args) -> str:
     """Tune the C allocator unless ``--default-malloc``; a few words for the table's header."""
     if getattr(args, "default_malloc", False):
         return "malloc: C library default"
-    from curvext.cpu_allocator import tune_cpu_allocator
+    from curvext.utils.cpu_allocator import tune_cpu_allocator
 
     return "malloc: tuned (curvext.tune_cpu_allocator)" if tune_cpu_allocator() else "malloc: default (not glibc)"

@@ -1,12 +1,16 @@
 """curvext: decision-boundary curvature of classifiers in input space.
 
-Sign convention everywhere: curvature of F_i = f_i - f_khat (khat the point's own predicted
-class), normal pointing out of the point's own region toward class i (SPEC §1): a region that
-is locally convex has positive principal curvatures.
+Sign convention everywhere: curvature of ``F_i = f_i - f_k̂`` (k̂ the point's own predicted
+class), normal pointing out of the point's own region toward class i (docs/method.md §1): a
+region that is locally convex has positive principal curvatures.
 
 Importing curvext loads the compiled ops (a clear ImportError says how to build them if they are
-missing); everything else is imported on first use.
+missing) and the eigensolvers; every other public name is imported on first use. The
+subpackages, bottom to top: ``utils``; ``linalg``, ``autodiff``, ``data``; ``curvature``;
+``geometry``; ``adversarial``; ``detection``; ``evaluation``; ``commands``.
 """
+import importlib
+
 from curvext import _ops  # noqa: F401  (loads the compiled ops; a clear error if not built)
 from curvext.linalg import EigResult, lanczos, power_iteration, tridiag_eigh
 
@@ -14,8 +18,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     # input-space curvature
-    "InputHessian": "curvext.hvp",
-    "CurvatureOperator": "curvext.operators",
+    "InputHessian": "curvext.curvature.hvp",
+    "CurvatureOperator": "curvext.curvature.operators",
     "deepfool": "curvext.geometry.deepfool",
     "DeepFoolResult": "curvext.geometry.deepfool",
     "principal_curvatures": "curvext.geometry.profiles",
@@ -24,40 +28,45 @@ _LAZY = {
     "subspace_vulnerability": "curvext.geometry.subspace",
     "Vulnerability": "curvext.geometry.subspace",
     # Algorithm 2 and its evaluation
-    "CurvatureDetector": "curvext.detect",
-    "Scores": "curvext.detect",
-    "Detection": "curvext.detect",
-    "ScaleChoice": "curvext.scale_selection",
-    "evaluate": "curvext.evaluate",
-    "attack_suite": "curvext.evaluate",
+    "CurvatureDetector": "curvext.detection.detector",
+    "DetectorConfig": "curvext.detection.config",
+    "Scores": "curvext.detection.scoring",
+    "Detection": "curvext.detection.detector",
+    "ScaleChoice": "curvext.detection.scale_selection",
+    "evaluate": "curvext.evaluation.protocol",
+    "attack_suite": "curvext.evaluation.protocol",
     # data, models, attacks, baselines, metrics
-    "Dataset": "curvext.data",
-    "load_digits": "curvext.data",
-    "load_mnist": "curvext.data",
-    "load_image_folder": "curvext.data",
-    "LeNet": "curvext.zoo",
-    "NiN": "curvext.zoo",
-    "ZooModel": "curvext.zoo",
-    "load_checkpoint": "curvext.zoo",
-    "AttackResult": "curvext.attacks",
-    "pgd": "curvext.attacks",
-    "carlini_wagner": "curvext.attacks",
-    "max_softmax_score": "curvext.baselines",
-    "feature_squeezing_score": "curvext.baselines",
-    "runner_up_labels": "curvext.baselines",
-    "detection_metrics": "curvext.metrics",
+    "Dataset": "curvext.data.datasets",
+    "load_digits": "curvext.data.datasets",
+    "load_mnist": "curvext.data.datasets",
+    "load_image_folder": "curvext.data.datasets",
+    "LeNet": "curvext.data.zoo",
+    "NiN": "curvext.data.zoo",
+    "ZooModel": "curvext.data.zoo",
+    "load_checkpoint": "curvext.data.zoo",
+    "AttackResult": "curvext.adversarial.attacks",
+    "pgd": "curvext.adversarial.attacks",
+    "carlini_wagner": "curvext.adversarial.attacks",
+    "max_softmax_score": "curvext.adversarial.baselines",
+    "feature_squeezing_score": "curvext.adversarial.baselines",
+    "runner_up_labels": "curvext.adversarial.baselines",
+    "detection_metrics": "curvext.detection.metrics",
     # process settings
-    "tune_cpu_allocator": "curvext.cpu_allocator",
+    "tune_cpu_allocator": "curvext.utils.cpu_allocator",
 }
+_RENAMED = {"train_model": ("curvext.data.zoo", "train")}
 
-__all__ = ["EigResult", "lanczos", "power_iteration", "tridiag_eigh", "train_model", *_LAZY]
+__all__ = ["EigResult", "lanczos", "power_iteration", "tridiag_eigh", *_RENAMED, *_LAZY]
 
 
 def __getattr__(name):
-    import importlib
-
-    if name == "train_model":
-        return importlib.import_module("curvext.zoo").train
+    if name in _RENAMED:
+        module, attribute = _RENAMED[name]
+        return getattr(importlib.import_module(module), attribute)
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'curvext' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -6,6 +6,8 @@ schema in ``csrc/curvext.cpp``.
 """
 from __future__ import annotations
 
+import enum
+
 import torch
 
 try:
@@ -19,7 +21,25 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 
 ops = torch.ops.curvext
 
-TRIDIAG_VALUES, TRIDIAG_FIRST, TRIDIAG_VECTORS = 0, 1, 2
+
+
+class TridiagMode(enum.IntEnum):
+    """``mode`` of ``curvext::tridiag_eigh``: eigenvalues only, with the first component of each
+    eigenvector (quadrature weights), or with whole eigenvectors."""
+
+    VALUES = 0
+    FIRST = 1
+    VECTORS = 2
+
+
+class LanczosFlag(enum.IntEnum):
+    """Per-sample flags returned by ``curvext::lanczos_step`` (``curvext::lanczos::Flag`` in
+    ``csrc/include/curvext/lanczos_rules.h``)."""
+
+    OK = 0
+    BREAKDOWN = 1  # beta ~ 0: the Krylov space is invariant; a fresh orthogonal direction was drawn
+    EXHAUSTED = 2  # the basis spans the whole space: nothing left to find
+    NONFINITE = 3  # the operator returned inf or NaN
 
 
 def has_cuda_kernels() -> bool:
@@ -31,9 +51,9 @@ def has_cuda_kernels() -> bool:
 def _tridiag_eigh_fake(alpha, beta, mode):
     B, m = alpha.shape
     values = alpha.new_empty((B, m))
-    if mode == TRIDIAG_VALUES:
+    if mode == TridiagMode.VALUES:
         return values, alpha.new_empty((B, 0))
-    if mode == TRIDIAG_FIRST:
+    if mode == TridiagMode.FIRST:
         return values, alpha.new_empty((B, m))
     return values, alpha.new_empty((B, m, m))
 

@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from curvext.utils.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_env
+
 COMMAND_MODULES = ("demo", "evaluate", "profile")
 
 
@@ -34,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from curvext.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_env
-
-    if tuning_enabled_by_env():  # the command owns its process (see curvext.cpu_allocator)
+    if tuning_enabled_by_env():  # the command owns its process (see curvext.utils.cpu_allocator)
         logging.getLogger(__name__).info("glibc malloc tuned for batched tensors: %s", tune_cpu_allocator())
     return int(args.func(args) or 0)
 

@@ -8,7 +8,8 @@ import curvext._ops as _ops
 
 CUDA_OK = torch.cuda.is_available() and _ops.has_cuda_kernels()
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA GPU and a CUDA build"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA_OK,
+                                                               reason="needs a CUDA GPU and a CUDA build"))]
 
 
 @pytest.fixture(params=DEVICES)

@@ -6,8 +6,6 @@ memory bytes) is the CUDA launchers'; what cannot be checked here is timing-depe
 the barriers hide) and the CUDA runtime calls themselves."""
 from __future__ import annotations
 
-import os
-import re
 import types
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 
 import curvext
 from curvext import _ops
-from tests.test_lanczos import batched_op, dense_batch
+from tests.linalg.test_lanczos import batched_op, dense_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 

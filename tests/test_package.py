@@ -23,7 +23,8 @@ def test_unknown_name_raises_attribute_error():
 def test_import_is_light():
     # Importing curvext must not pull in the evaluation stack (matplotlib, pandas, sklearn).
     code = "import sys, curvext; print(any(m in sys.modules for m in ('matplotlib', 'pandas', 'sklearn')))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_cpu_kernels_run_in_parallel():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -52,4 +51,4 @@ def test_detection_example(tmp_path, monkeypatch):
     assert out.recovered.shape == out.predicted.shape == out.rho.shape == (n,)
     # Calibrated on clean images at 5% FPR: most of these clean images are not flagged.
     assert float(out.perturbed.float().mean()) < 0.2
-    assert ns["det"].h in ns["curvext"].scale_selection.PROBE_SCALES
+    assert ns["det"].h in ns["curvext"].detection.PROBE_SCALES

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from curvext._model_checks import check_images, require_eval
+from curvext.geometry.deepfool import deepfool as _deepfool
+from curvext.utils.model_checks import check_images, require_eval
 
 logger = logging.getLogger(__name__)
 
@@ -222,15 +223,11 @@ def deepfool(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = No
     for the unclamped DeepFool and 0.53 for CW with κ = 0.
 
     DeepFool attacks the model's own prediction, so ``labels`` only matter for ``success``
-    (default: the predictions). The geometry module is imported lazily.
+    (default: the predictions).
     """
     labels = _check_inputs(model, x, labels)
     if isinstance(clip_rounds, bool) or not isinstance(clip_rounds, int) or clip_rounds < 1:
         raise ValueError(f"clip_rounds must be a positive int, got {clip_rounds!r}")
-    try:
-        from curvext.geometry.deepfool import deepfool as _deepfool
-    except ImportError as exc:
-        raise NotImplementedError("curvext.geometry.deepfool is not available in this build") from exc
     x0 = x.detach()
     adv = x0.clone()
     todo = torch.arange(x0.shape[0], device=x0.device)

@@ -1,5 +1,5 @@
 """Training-free detection baselines, scored so that **higher = more likely perturbed**
-(the convention of :mod:`curvext.metrics`).
+(the convention of :mod:`curvext.detection.metrics`).
 
 * :func:`max_softmax_score`: ``1 − max_k softmax(f(x))_k`` in ``[0, 1 − 1/L]`` (Hendrycks &
   Gimpel 2017). Minimal attacks (DeepFool) end on the boundary with low confidence and are caught;
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvext._model_checks import check_images, require_eval
+from curvext.utils.model_checks import check_images, require_eval
 
 __all__ = ["max_softmax_score", "runner_up_labels", "bit_depth_reduce", "median_filter_2x2",
            "FeatureSqueezing", "feature_squeezing_score"]

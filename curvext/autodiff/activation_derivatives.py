@@ -1,6 +1,6 @@
 """Closed-form values, first and second derivatives of common smooth activations, element by element.
 
-:mod:`curvext.taylor_mode` needs ``sigma(z)``, ``sigma'(z)`` and ``sigma''(z)`` at every
+:mod:`curvext.autodiff.taylor_rules` needs ``sigma(z)``, ``sigma'(z)`` and ``sigma''(z)`` at every
 element-wise activation. Its generic route differentiates the activation twice by reverse mode,
 which evaluates the activation three times and its backward formulas twice. For the activations
 below all three follow from one or two cheap evaluations instead; on the MNIST NiN (Softplus) that
@@ -12,11 +12,11 @@ classic correction, to a few units in the last place.
 
 Each formula mirrors what torch's own forward, backward and double-backward formulas compute,
 including Softplus's switch to the identity above ``threshold`` (slope 1, no curvature there), and
-is tested against them in float64 (``tests/test_activation_derivatives.py``).
+is tested against them in float64 (``tests/autodiff/test_activation_derivatives.py``).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

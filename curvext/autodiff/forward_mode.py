@@ -1,7 +1,7 @@
 """Nested forward mode that stays correct where PyTorch's own second-order rule is wrong.
 
 curvext's second directional derivatives ``v^T H v`` nest ``torch.func.jvp`` (forward over
-forward), directly on models without a :mod:`curvext.taylor_mode` plan and node by node in that
+forward), directly on models without a :mod:`curvext.autodiff.taylor_plan` plan and node by node in that
 module's rule for layer norms and softmaxes. In torch 2.14 the forward-mode formula of
 ``layer_norm`` is right to first order but its own derivative is not, so nested forward mode
 returns wrong second derivatives for every model with a LayerNorm (ViTs, ConvNeXts), silently
@@ -11,7 +11,8 @@ returns wrong second derivatives for every model with a LayerNorm (ViTs, ConvNeX
 :func:`layer_norm` and :func:`instance_norm` are the textbook decompositions (mean, biased
 variance, ``rsqrt``), whose elementary operations have correct nested rules; :func:`corrected` is
 a context in which ``F.layer_norm``, ``torch.layer_norm`` and ``F.instance_norm`` calls (which
-``nn.LayerNorm`` and ``nn.InstanceNorm*d`` make) run them instead. Values equal torch's to rounding; ``tests/test_forward_mode.py`` checks second
+``nn.LayerNorm`` and ``nn.InstanceNorm*d`` make) run them instead. Values equal torch's to rounding;
+``tests/autodiff/test_forward_mode.py`` checks second
 derivatives against reverse-over-reverse Hessians.
 
 The context also runs adaptive average pooling on a contiguous copy of its input: on
@@ -19,24 +20,18 @@ channels-last input (a 1x1 convolution's output often is) ``vmap`` has no batchi
 loops over the rows with a warning.
 
 Other operations may have the same kind of bug (#198017 lists several), so
-:func:`verify_once` compares, once per model, the forward-mode sums ``sum_j v_j^T H v_j`` that
-the exact detector uses with reverse-over-reverse products on one image, in float64, and
-raises when they disagree instead of returning wrong curvatures.
+:func:`curvext.curvature.verification.verify_once` compares, once per model, the forward-mode
+sums ``sum_j v_j^T H v_j`` that the exact detector uses with reverse-over-reverse products on one
+image, in float64, and raises when they disagree instead of returning wrong curvatures.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import logging
-import weakref
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
-
-logger = logging.getLogger(__name__)
 
 
 def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
@@ -87,7 +82,6 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     grouped = input.reshape(input.shape[0], num_groups, -1)
     centred = grouped - grouped.mean(dim=2, keepdim=True)
     out = (centred * torch.rsqrt(centred.square().mean(dim=2, keepdim=True) + eps)).reshape(input.shape)
-    per_channel = (1, -1) + (1,) * (input.dim() - 2)
     return _per_channel_affine(out, weight, bias)
 
 
@@ -148,71 +142,3 @@ def corrected():
     neither)."""
     with sdpa_kernel([SDPBackend.MATH]), _Corrected():
         yield
-
-
-#: models verified by :func:`verify_once`, with the module signature they were verified for.
-_VERIFIED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def verify_once(model: nn.Module, x: torch.Tensor, directions: int = 2, logits: int = 3,
-                rtol: float = 1e-6) -> None:
-    """Check curvext's forward-mode ``sum_j v_j^T H_l v_j`` against reverse-over-reverse
-    Hessian-vector products for the ``logits`` highest logits of the image ``x[:1]`` and
-    ``directions`` random directions, on a float64 CPU copy of ``model``; once per model (again
-    after a module is replaced). Raises RuntimeError when they differ by more than ``rtol`` of
-    their size. A model that cannot be copied to float64 on the CPU is not checked (logged)."""
-    from curvext import taylor_mode
-
-    signature = taylor_mode.module_signature(model)
-    if _VERIFIED.get(model) != signature:
-        _check_against_reverse_mode(model, x, directions, logits, rtol)
-        _VERIFIED[model] = signature
-
-
-def _float64_cpu_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with its tensors made directly on the CPU in float64 (a model on a
-    GPU is not duplicated there first)."""
-    memo = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        moved = t.detach().to(device="cpu", dtype=torch.float64 if t.is_floating_point() else t.dtype)
-        memo[id(t)] = nn.Parameter(moved, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else moved
-    return copy.deepcopy(model, memo).to(device="cpu", dtype=torch.float64)
-
-
-def _check_against_reverse_mode(model: nn.Module, x: torch.Tensor, directions: int, logits: int,
-                                rtol: float) -> None:
-    """The comparison of :func:`verify_once`, every time it is called."""
-    from curvext.quadratic_forms import logit_quadratic_form_sums
-
-    try:
-        reference = _float64_cpu_copy(model)
-        image = x[:1].detach().to(device="cpu", dtype=torch.float64)
-        with torch.no_grad():
-            output = reference(image)[0]
-        top = output.topk(min(logits, output.shape[0])).indices
-    except Exception as err:  # noqa: BLE001  (CUDA-only operations, non-copyable modules, ...)
-        logger.warning("forward mode not verified for %s: %s", type(model).__name__, err)
-        return
-    g = torch.Generator().manual_seed(0)
-    V = torch.randn((directions,) + image.shape[1:], generator=g, dtype=torch.float64)
-    try:
-        forward = logit_quadratic_form_sums(reference, image, V, "autograd", 0.0)[0, top]
-        backward = torch.zeros_like(forward)
-        point = image.clone().requires_grad_(True)
-        with torch.enable_grad(), corrected():  # reverse mode is right either way; attention needs a backend
-            for i, l in enumerate(top.tolist()):
-                (gradient,) = torch.autograd.grad(reference(point)[0, l], point, create_graph=True)
-                for v in V:
-                    (hv,) = torch.autograd.grad(gradient, point, grad_outputs=v.unsqueeze(0), retain_graph=True)
-                    backward[i] += (hv * v).sum().detach()
-    except (RuntimeError, NotImplementedError) as err:  # no second derivative at all: the passes say so
-        logger.info("forward mode not verified for %s: %s", type(model).__name__, str(err).splitlines()[0][:200])
-        return
-    scale = float(torch.maximum(forward.abs(), backward.abs()).max())
-    difference = float((forward - backward).abs().max())
-    if difference > rtol * scale:
-        raise RuntimeError(
-            f"method='autograd': on {type(model).__name__}, PyTorch's nested forward mode disagrees with reverse "
-            f"mode (sum of v^T H v, relative difference {difference / scale:.1e} on a float64 copy): an operation "
-            f"in the model has a wrong second-order forward rule, as layer_norm has in torch 2.14 "
-            f"(pytorch/pytorch#196700). Use method='fd' or 'fd2', or replace that operation")

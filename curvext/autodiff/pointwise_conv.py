@@ -1,19 +1,19 @@
 """1x1 convolutions as matrix products inside curvext's reverse-over-reverse pass.
 
 The exact detector gets each class gradient ``g`` and ``H g`` from one reverse-over-reverse pass
-(:func:`curvext.quadratic_forms._hessian_normal_vectorised`). Its second backward pass goes
+(:func:`curvext.curvature.quadratic_forms._hessian_normal_vectorised`). Its second backward pass goes
 through torch's convolution double-backward formula, which always computes the gradient with
 respect to the convolution's *weight* as well, whether the weight requires it or not: a
 convolution as large as the layer's forward pass, thrown away, since curvext differentiates with
 respect to the input only. A 1x1 convolution (stride 1, no padding, one group) is a matrix
 product over the channels, ``y[n, :, p] = W x[n, :, p] + b``, whose double-backward formulas
-compute only what is asked for. On the MNIST NiN (four of its eight convolutions are 1x1) that
-pass went from about 86 to 61 ms per 16 images on 2 CPU cores.
+compute only what is asked for (the gain on the MNIST NiN, four of whose eight convolutions
+are 1x1, is in BENCHMARKS.md).
 
 :func:`pointwise_as_matmul` is a context in which such ``F.conv2d`` calls (which ``nn.Conv2d``
 makes) run as :func:`pointwise_conv2d`. Only CPU tensors are rerouted: cuDNN's kernels have not
 been measured against the product yet. Values equal the convolution's to float rounding
-(``tests/test_pointwise_conv.py``).
+(``tests/autodiff/test_pointwise_conv.py``).
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from curvext.data.normalization import parse_normalization
+
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
@@ -51,9 +53,7 @@ def scales(text: str):
 
 
 def normalization(text: str):
-    """``--normalize``: see :func:`curvext.normalization.parse_normalization`."""
-    from curvext.normalization import parse_normalization
-
+    """``--normalize``: see :func:`curvext.data.normalization.parse_normalization`."""
     try:
         return parse_normalization(text)
     except ValueError as err:

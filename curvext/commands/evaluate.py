@@ -6,10 +6,22 @@ import logging
 import sys
 import time
 
+import torch
+
+from curvext import data
 from curvext.commands.arg_types import non_negative_float, positive_float, positive_int, scales
-from curvext.commands.model_source import (add_folder_arguments, add_normalize_argument, load_user_model,
-                                           refuse_normalize_without_checkpoint)
+from curvext.commands.model_source import (
+    add_data_arguments,
+    add_model_arguments,
+    load_user_model,
+    refuse_normalize_without_checkpoint,
+)
 from curvext.commands.placement import add_device_argument, resolve_device
+from curvext.data import zoo
+from curvext.detection.detector import CurvatureDetector
+from curvext.detection.scale_selection import PROBE_SCALES
+from curvext.evaluation.protocol import attack_suite, evaluate, write_outputs
+from curvext.utils.model_checks import is_piecewise_linear
 
 logger = logging.getLogger(__name__)
 
@@ -19,18 +31,10 @@ MANY_CLASSES, MANY_CLASSES_K = 100, 10  # above MANY_CLASSES outputs, K defaults
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=("digits", "mnist", "folder"), default="digits",
-                   help="digits ships with scikit-learn; mnist needs --data-dir (IDX files); folder: every image "
-                        "file in --data-dir, labelled by each model's own prediction")
-    p.add_argument("--data-dir", default=None,
-                   help="folder of MNIST IDX files (e.g. ../shared/data/mnist) or of images")
-    add_folder_arguments(p)
+    add_data_arguments(p)
     p.add_argument("--model", default="lenet", help="zoo architectures, comma separated (lenet,nin)")
     p.add_argument("--activation", default="relu", help="relu, smooth or both (comma separated)")
-    p.add_argument("--checkpoint", default=None,
-                   help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
-    p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
-    add_normalize_argument(p)
+    add_model_arguments(p)
     p.add_argument("--images", type=positive_int, default=300, help="test images to use")
     p.add_argument("--method", default=None, choices=("autograd", "fd", "fd2"),
                    help="curvature measurement (default: autograd for smooth, fd2 for relu models)")
@@ -40,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on the same adversarial images (attacked once)")
     p.add_argument("--directions", type=positive_int, default=16, help="random directions T")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the exact (autograd) curvature sums of smooth models: 1.3-2.1x on a CPU "
-                        "after a one-off compilation of 20-40 s per model; fd/fd2 models run as usual")
+                   help="torch.compile the exact (autograd) curvature sums of smooth models: faster over long "
+                        "runs, after a one-off compilation per model (see BENCHMARKS.md); fd/fd2 models run as usual")
     p.add_argument("--classes", type=positive_int, default=None,
                    help=f"competing classes K (default: all, or the top {MANY_CLASSES_K} for models with more than "
                         f"{MANY_CLASSES} classes, such as ImageNet's 1000; all of those: any K >= their number)")
@@ -69,8 +73,6 @@ def add_parser(sub) -> None:
 
 
 def _models(args, device):
-    from curvext import zoo
-
     if args.checkpoint:
         yield "checkpoint", load_user_model(args, device), None
         return
@@ -82,11 +84,6 @@ def _models(args, device):
 
 
 def run(args) -> int:
-    from curvext import data
-    from curvext._model_checks import is_piecewise_linear
-    from curvext.detect import CurvatureDetector
-    from curvext.evaluate import attack_suite, evaluate, write_outputs
-    from curvext.scale_selection import PROBE_SCALES
 
     device = resolve_device(args.device)
     refuse_normalize_without_checkpoint(args, "evaluate")
@@ -111,8 +108,6 @@ def run(args) -> int:
     images, labels = test.images.to(device), test.labels.to(device)
     for label, model, accuracy in _models(args, device):
         model = model.to(device)
-        import torch
-
         with torch.no_grad():
             outputs = model(images[:1]).shape[1]
             if args.dataset == "folder":  # unlabelled images: recovery means getting the clean prediction back

@@ -1,32 +1,50 @@
-"""The user's model and image folder for the commands: ``--checkpoint``/``--module-path``,
-``--normalize``, and ``--image-size``/``--channels`` for ``--dataset folder``."""
+"""The arguments every command shares for its model and its images: ``--checkpoint``,
+``--module-path`` and ``--normalize`` for a user's model; ``--dataset``, ``--data-dir``,
+``--image-size`` and ``--channels`` for the images."""
 from __future__ import annotations
 
 import argparse
 
 from curvext.commands.arg_types import normalization, positive_int
+from curvext.data import zoo
+from curvext.data.normalization import Normalized
+
+DATASETS = ("digits", "mnist", "folder")
+IMAGE_SIZE = 224  # --image-size for --dataset folder, the same in every command
 
 
-def add_normalize_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--normalize", type=normalization, default=None, metavar="none|imagenet|M,../S,..",
-                   help="per-channel (x - mean) / std put in front of a --checkpoint model that expects normalised "
-                        "inputs (torchvision's ImageNet models: imagenet); images stay in [0, 1]. A negative first "
-                        "mean needs the = form: --normalize=-0.5/2")
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint``, ``--module-path`` and ``--normalize``: a user's model instead of the zoo."""
+    group = p.add_argument_group("a model of your own instead of the zoo")
+    group.add_argument("--checkpoint", default=None,
+                       help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
+    group.add_argument("--module-path", default=None, metavar="PACKAGE.MODULE:CLASS",
+                       help="the model's class or constructor for a state-dict --checkpoint "
+                            "(e.g. torchvision.models:resnet50)")
+    group.add_argument("--normalize", type=normalization, default=None, metavar="none|imagenet|M,../S,..",
+                       help="per-channel (x - mean) / std put in front of a --checkpoint model that expects "
+                            "normalised inputs (torchvision's ImageNet models: imagenet); images stay in [0, 1]. "
+                            "A negative first mean needs the = form: --normalize=-0.5/2")
 
 
-def add_folder_arguments(p: argparse.ArgumentParser, image_size: int = 224) -> None:
-    p.add_argument("--image-size", type=positive_int, default=image_size,
-                   help=f"--dataset folder: images resized to this square size (default {image_size})")
-    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="--dataset folder: 1 (grey) or 3 (RGB)")
+def add_data_arguments(p: argparse.ArgumentParser, default: str = "digits") -> None:
+    """``--dataset``, ``--data-dir``, and ``--image-size``/``--channels`` for ``--dataset folder``."""
+    group = p.add_argument_group("images")
+    group.add_argument("--dataset", choices=DATASETS, default=default,
+                       help="digits ships with scikit-learn; mnist needs --data-dir (IDX files); folder: every "
+                            f"image file in --data-dir (default: {default})")
+    group.add_argument("--data-dir", default=None,
+                       help="folder of the four MNIST IDX files (--dataset mnist) or of images (--dataset folder)")
+    group.add_argument("--image-size", type=positive_int, default=IMAGE_SIZE,
+                       help=f"--dataset folder: images resized to this square size (default {IMAGE_SIZE})")
+    group.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                       help="--dataset folder: 1 (grey) or 3 (RGB) (default 3)")
 
 
 def load_user_model(args, device=None):
     """The ``--checkpoint`` model on ``device``, in eval mode, behind ``--normalize`` when given.
 
     Modes are set as flags, not by ``eval()``, which a ``torch.export`` module refuses."""
-    from curvext import zoo
-    from curvext.normalization import Normalized
-
     model = zoo.load_checkpoint(args.checkpoint, args.module_path, device=device)  # in eval mode
     if args.normalize is not None:
         model = Normalized(model, *args.normalize).to(device or "cpu")

@@ -16,26 +16,35 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from curvext.atomic_files import atomic_path
+import numpy as np
+import torch
+
+from curvext import data
 from curvext.commands.arg_types import positive_float, positive_int
-from curvext.commands.model_source import (add_folder_arguments, add_normalize_argument, load_user_model,
-                                           refuse_normalize_without_checkpoint)
+from curvext.commands.model_source import (
+    add_data_arguments,
+    add_model_arguments,
+    load_user_model,
+    refuse_normalize_without_checkpoint,
+)
 from curvext.commands.placement import add_device_argument, parse_shard, resolve_device, shard_from_env
+from curvext.data import zoo
+from curvext.evaluation import plots
+from curvext.geometry.profiles import principal_curvatures
+from curvext.utils.atomic_files import atomic_path
+from curvext.utils.cache_keys import model_digest, settings_key, tensor_digest
+from curvext.utils.model_checks import is_piecewise_linear
+from curvext.utils.optional import optional_import
 
 logger = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="principal curvatures at boundary points (table + plot)")
-    p.add_argument("--dataset", choices=("digits", "mnist", "folder"), default="digits")
-    p.add_argument("--data-dir", default=None, help="MNIST IDX folder, or the image folder for --dataset folder")
-    add_folder_arguments(p, image_size=28)
+    add_data_arguments(p)
     p.add_argument("--model", default="lenet", help="zoo architecture (lenet, nin)")
     p.add_argument("--activation", default="smooth", choices=("relu", "smooth"))
-    p.add_argument("--checkpoint", default=None,
-                   help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
-    p.add_argument("--module-path", default=None, help="package.module:Class for a state-dict checkpoint")
-    add_normalize_argument(p)
+    add_model_arguments(p)
     p.add_argument("--images", type=positive_int, default=64)
     p.add_argument("--k", type=positive_int, default=20, help="curvatures from each end")
     p.add_argument("--at", choices=("boundary", "input"), default="boundary")
@@ -56,8 +65,6 @@ def add_parser(sub) -> None:
 
 
 def _data(args):
-    from curvext import data
-
     if args.dataset == "digits":
         return data.load_digits("test").subset(args.images)
     if not args.data_dir:
@@ -68,12 +75,9 @@ def _data(args):
 
 
 def run(args) -> int:
-    import pandas as pd
-    from tqdm.auto import tqdm
+    pd = optional_import("pandas")
+    tqdm = optional_import("tqdm.auto").tqdm
 
-    from curvext import zoo
-    from curvext._model_checks import is_piecewise_linear
-    from curvext.cache_keys import model_digest, settings_key, tensor_digest
 
     if args.dataset == "folder" and not args.checkpoint:
         raise SystemExit("curvext profile: --dataset folder needs --checkpoint "
@@ -120,10 +124,7 @@ def run(args) -> int:
 
 def _profile_chunk(model, x, start: int, method: str, args):
     """One chunk's rows: (image, rank, curvature, cls, base, grad_norm, converged)."""
-    import pandas as pd
-    import torch
-
-    from curvext.geometry.profiles import principal_curvatures
+    pd = optional_import("pandas")
 
     prof = principal_curvatures(model, x, k=args.k, at=args.at, method=method,
                                 h=args.h if method == "fd" else None, full=args.full)
@@ -147,10 +148,6 @@ def _write_part(path: Path, df) -> None:
 def _write_outputs(table, out: Path, args, method: str, n_images: int) -> None:
     """The table and the plot, each replaced in one step (shards finishing together may both
     merge); the plot and the printed share cover the images that had a boundary to measure."""
-    import numpy as np
-
-    from curvext import plots
-
     path = out / f"profile.{args.format}"
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False) if args.format == "parquet" else table.to_csv(tmp, index=False)

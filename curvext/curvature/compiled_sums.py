@@ -1,20 +1,18 @@
 """Algorithm 2's exact per-class curvature sums through ``torch.compile``.
 
 ``CurvatureDetector(method="autograd", compile=True)`` scores its groups of images with a
-compiled :func:`curvext.quadratic_forms.scored_class_curvature_sums`. The compiler fuses the element-wise
-work of the second-order passes (activations and their first and second derivatives along every
-direction and class), which eager PyTorch runs as separate kernels. Measured on two CPU cores
-(``BENCHMARKS.md``): 1.9-2.0x on the MNIST LeNet and 1.5x on the NiN, for a one-off
-compilation of 5-40 s per model. It pays over long sweeps, not for a few images. Results equal
-the eager ones to rounding (float32: 2e-7 relative on the LeNet, 1e-5 on the NiN). The model's
-:mod:`curvext.taylor_mode` plan is looked up before compiling and passed in.
+compiled :func:`curvext.curvature.quadratic_forms.scored_class_curvature_sums`. The compiler
+fuses the element-wise work of the second-order passes (activations and their first and second
+derivatives along every direction and class), which eager PyTorch runs as separate kernels. After
+a one-off compilation per model it pays over long sweeps, not for a few images (BENCHMARKS.md has
+the measurements). Results equal the eager ones to float rounding. The model's
+:mod:`curvext.autodiff.taylor_plan` plan is looked up before compiling and passed in, and the
+whole computation is one graph (no graph break; tested).
 
 The compiler runs in inductor's inference ("freezing") mode, under ``torch.no_grad``: its
 inference passes merge common subexpressions across the passes (each runs the model's forward)
-and fold constants. Measured before the class part became one pass, they cut the NiN's
-convolutions per group from 98 to 62 and gave 1.2-1.3x; since then the gain is within this
-machine's noise (159-164 vs 149-157 img/s on the NiN). In torch 2.14 the parameters stay inputs
-of the compiled graph, so in-place weight updates are seen by the next call (tested).
+and fold constants. In torch 2.14 the parameters stay inputs of the compiled graph, so in-place
+weight updates are seen by the next call (tested).
 
 Every call sees the same shapes: a last, smaller group is padded with copies of its last image
 (and the padding's results dropped), so the function compiles once. If compilation fails (no C++
@@ -29,15 +27,15 @@ import warnings
 
 import torch
 
-from curvext import taylor_mode
-from curvext.quadratic_forms import scored_class_curvature_sums
+from curvext.autodiff import taylor_plan
+from curvext.curvature.quadratic_forms import scored_class_curvature_sums
 
 logger = logging.getLogger(__name__)
 
 
 class CompiledCurvatureSums:
     """``(x (b, *shape), V (T, *shape)) -> (logits (b, L), predicted (b,), cls (b, K), sums (b, K))``:
-    :func:`curvext.quadratic_forms.scored_class_curvature_sums` (the exact method over the
+    :func:`curvext.curvature.quadratic_forms.scored_class_curvature_sums` (the exact method over the
     ``classes`` highest-scoring competing classes), compiled once for groups of ``batch_size``
     images (``b <= batch_size``)."""
 
@@ -47,7 +45,7 @@ class CompiledCurvatureSums:
         self.classes = classes
         # Looked up now, eagerly, and passed in: tracing with torch.fx inside the compiler would break
         # its graph, and a lookup in the plan cache would put that cache into the compiled code's guards.
-        self._taylor = taylor_mode.plan_for(model) or False
+        self._taylor = taylor_plan.plan_for(model) or False
         self._compiled = torch.compile(self._eager, dynamic=False, options={"freezing": True})
         self.failed = False
         self.verified = False  # the first compiled group is checked against the eager function
@@ -59,7 +57,7 @@ class CompiledCurvatureSums:
         if self.failed:
             return self._eager(x, V)
         if self._taylor is not False and not self._taylor.checked:  # eagerly, before the first compilation
-            self._taylor = taylor_mode.checked(self._taylor, x) or False
+            self._taylor = taylor_plan.checked(self._taylor, x) or False
         b = x.shape[0]
         pad = self.batch_size - b
         if pad > 0:  # one shape for every group: no recompilation for the last one

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from curvext import _model_checks
+from curvext.utils import model_checks
 
 HVP_METHODS = ("autograd", "fd", "fd2")
 DEFAULT_H = 0.1
@@ -53,7 +53,7 @@ class InputHessian:
                  method: str = "autograd", h: float | None = None):
         if method not in HVP_METHODS:
             raise ValueError(f"method must be one of {HVP_METHODS}, got {method!r}")
-        _model_checks.require_eval(model, "model")
+        model_checks.require_eval(model, "model")
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
             raise ValueError(f"x must be a non-empty floating (B, ...) tensor, got "
                              f"{getattr(x, 'shape', type(x).__name__)}")

@@ -3,7 +3,7 @@
 For ``F = f_a - f_c`` at x (``a`` a competing class, ``c`` the point's own class khat), with
 ``g = grad F``, unit normal ``n = g / ||g||`` (pointing out of the point's own region, toward
 class a) and tangent projector ``P = I - n n^T``, the eigenvalues of G on the tangent space are
-the principal curvatures of the level set of F through x. Sign convention (SPEC §1): positive
+the principal curvatures of the level set of F through x. Sign convention (docs/method.md §1): positive
 where the point's own region is locally convex (for a ball of radius R of class c,
 ``F = |x|^2 - R^2``, every principal curvature is +1/R), negative where the boundary bulges into
 the region. The normal direction is an exact zero of G; ``tangent_coords=True`` removes it from
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from curvext.hvp import InputHessian
+from curvext.curvature.hvp import InputHessian
 
 
 class CurvatureOperator:
     """Batched ``G_b = P_b H_b P_b / ||g_b||``, optionally restricted to a subspace.
 
     Args:
-        model, x, a, c, method, h: as for :class:`curvext.hvp.InputHessian` (``F = f_a - f_c``).
+        model, x, a, c, method, h: as for :class:`curvext.curvature.hvp.InputHessian` (``F = f_a - f_c``).
         basis: optional orthonormal ``U`` of shape ``(d, r)`` (shared) or ``(B, d, r)``: the
             operator then acts on coefficients, ``U^T G U``, vectors of shape ``(b, r)``.
         tangent_coords: act on tangent coordinates ``(b, d - 1)`` instead (``T^T G T`` for the

@@ -3,7 +3,7 @@
 For a batch of images ``x (B, C, H, W)``, competing classes ``cls (B, K)`` and unit directions
 ``V (T, C, H, W)`` shared by every image and class, :func:`class_curvatures` returns the normal
 curvatures ``kappa[b, k, j] = (P v_j)^T H_i (P v_j) / ||g_i||`` of ``F_i = f_i - f_khat``
-(``i = cls[b, k]``; SPEC §1 sign convention: normal toward class i, out of the image's own
+(``i = cls[b, k]``; docs/method.md §1 sign convention: normal toward class i, out of the image's own
 region), with the cost of the *sum* of classes and directions, not their product:
 
     (P v)^T H (P v) = v^T H v - 2 c (H n)^T v + c^2 n^T H n,   c = n^T v,
@@ -11,7 +11,7 @@ region), with the cost of the *sum* of classes and directions, not their product
 where ``v^T H_f v`` for every logit at once comes from one second-order directional derivative
 per direction, and ``H_i n_i`` from one Hessian-vector product per class. Algorithm 2 needs only
 the sums over the directions, :func:`class_curvature_sums`; with ``"autograd"`` it takes
-``sum_j v_j^T H_f v_j`` from :mod:`curvext.taylor_mode` (one collapsed second-order row instead
+``sum_j v_j^T H_f v_j`` from :mod:`curvext.autodiff.taylor_plan` (one collapsed second-order row instead
 of one per direction) and each class's gradient and ``H_i n_i`` from one reverse-over-reverse
 pass. :func:`scored_class_curvature_sums` is the same with the competing classes chosen from the
 logits of the Taylor-mode pass (what ``CurvatureDetector`` runs for ``"autograd"``).
@@ -22,8 +22,8 @@ Methods (how second derivatives are measured):
   (``torch.func.jvp`` twice), ``H n`` by reverse-over-reverse. For smooth nets; zero for ReLU
   nets. Both are vectorised with ``torch.func.vmap`` over the directions (classes) while the
   images stay unbatched, so each image's forward pass (its activations and their derivatives)
-  is computed once and shared by all its directions and classes rather than once per row; this
-  is 1.4-1.6x faster than repeating every image per direction. Models that ``vmap`` cannot
+  is computed once and shared by all its directions and classes rather than once per row.
+  Models that ``vmap`` cannot
   batch (e.g. a custom ``autograd.Function`` without a vmap rule) fall back, with a warning, to
   the per-row passes (repeated images, nested ``jvp`` and double backward).
 * ``"fd"``: at scale ``h``: ``v^T H v`` from directional derivatives at ``x +- h v``,
@@ -39,7 +39,7 @@ import warnings
 import torch
 from torch.func import jvp, vjp, vmap
 
-from curvext import forward_mode, pointwise_conv, taylor_mode
+from curvext.autodiff import forward_mode, pointwise_conv, taylor_plan
 
 with warnings.catch_warnings():
     # torch's own forward-mode decompositions call the deprecated torch.jit.script when first
@@ -117,8 +117,8 @@ def logit_quadratic_forms(model, x: torch.Tensor, V: torch.Tensor, method: str, 
         v = V[j0 : j0 + chunk]
         t = v.shape[0]
         if method == "autograd":
-            q = _vectorised_or_rows(lambda: _second_directional_derivatives(model, x, v),
-                                    lambda: _second_directional_rows(model, *repeated(v)), "quadratic forms")
+            q = _vectorised_or_rows(lambda v=v: _second_directional_derivatives(model, x, v),
+                                    lambda v=v: _second_directional_rows(model, *repeated(v)), "quadratic forms")
             out.append(q.reshape(B, t, -1))
             continue
         xs, vs = repeated(v)
@@ -136,34 +136,20 @@ def logit_quadratic_forms(model, x: torch.Tensor, V: torch.Tensor, method: str, 
 
 @torch.no_grad()
 def logit_quadratic_form_sums(model, x: torch.Tensor, V: torch.Tensor, method: str, h: float,
-                              max_rows: int = 4096, taylor: "bool | taylor_mode.Plan" = True) -> torch.Tensor:
+                              max_rows: int = 4096, taylor: bool | taylor_plan.Plan = True) -> torch.Tensor:
     """``(B, L)``: ``logit_quadratic_forms(...).sum(dim=1)``, each logit's ``sum_j v_j^T H v_j``.
 
-    With ``"autograd"`` and a model that :mod:`curvext.taylor_mode` can run, the sum over the
+    With ``"autograd"`` and a model that :mod:`curvext.autodiff.taylor_plan` can run, the sum over the
     directions is carried as one collapsed second-order row (T + 1 rows per image instead of
-    forward-over-forward's 3 T: about 2x on the zoo CNNs); chunks of directions keep
+    forward-over-forward's 3 T; BENCHMARKS.md has the gain); chunks of directions keep
     ``(directions + 1) * B`` rows within ``max_rows``. Other models and methods sum
     :func:`logit_quadratic_forms`. ``taylor``: True looks the model's plan up, False never uses
-    one, a :class:`~curvext.taylor_mode.Plan` is used as given (code compiled by ``torch.compile``
+    one, a :class:`~curvext.autodiff.taylor_plan.Plan` is used as given (code compiled by ``torch.compile``
     passes it: a lookup in the plan cache would put the cache into the compiler's guards).
     """
     if method != "autograd":
         return logit_quadratic_forms(model, x, V, method, h, max_rows).sum(dim=1)
     return _logits_and_exact_form_sums(model, x, V, max_rows, taylor, need_logits=False)[1]
-
-
-def _usable_plan(model, x: torch.Tensor, taylor) -> "taylor_mode.Plan | None":
-    """The Taylor-mode plan to run (``taylor`` as in :func:`logit_quadratic_form_sums`), or None."""
-    if taylor is False:
-        return None
-    plan = taylor_mode.plan_for(model) if taylor is True else taylor
-    if plan is not None and not plan.belongs_to(model):
-        raise ValueError("taylor: the plan was built for another model")
-    if plan is not None and not plan.usable():
-        return None
-    if plan is not None and not plan.checked and not torch.compiler.is_compiling():
-        plan = taylor_mode.checked(plan, x)  # once per plan: the walk's output is the model's
-    return plan
 
 
 @torch.no_grad()
@@ -172,21 +158,11 @@ def _logits_and_exact_form_sums(model, x: torch.Tensor, V: torch.Tensor, max_row
     """``(logits (B, L) or None, sums (B, L))``: the model's output and each logit's exact
     ``sum_j v_j^T H v_j``. A Taylor-mode pass carries the output as its primal, so the logits cost
     nothing there; the forward-over-forward fallback runs one forward pass for them."""
-    plan = _usable_plan(model, x, taylor)
-    if plan is None:
-        logits = model(x) if need_logits else None
-        return logits, logit_quadratic_forms(model, x, V, "autograd", 0.0, max_rows).sum(dim=1)
-    B, T = x.shape[0], V.shape[0]
-    chunk = max(1, max_rows // max(B, 1) - 1)
-    logits, total = None, None
-    for j0 in range(0, T, chunk):
-        v = V[j0 : j0 + chunk]
-        pairs = taylor_mode.Pairs(1, squares=(slice(0, v.shape[0]), 0))
-        jet = plan.run(x, v.unsqueeze(1), pairs)
-        part = jet.second[0]
-        logits = jet.primal if logits is None else logits
-        total = part if total is None else total + part
-    return logits, total
+    found = taylor_plan.direction_sums(model, x, V, max_rows=max_rows, plan=taylor)
+    if found is not None:
+        return found.logits, found.sums
+    logits = model(x) if need_logits else None
+    return logits, logit_quadratic_forms(model, x, V, "autograd", 0.0, max_rows).sum(dim=1)
 
 
 def _second_directional_rows(model, xs: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:
@@ -334,7 +310,7 @@ def class_curvatures(model, x: torch.Tensor, cls: torch.Tensor, predicted: torch
 
 def class_curvature_sums(model, x: torch.Tensor, cls: torch.Tensor, predicted: torch.Tensor,
                          V: torch.Tensor, method: str, h: float, max_rows: int = 4096,
-                         taylor: "bool | taylor_mode.Plan" = True) -> torch.Tensor:
+                         taylor: bool | taylor_plan.Plan = True) -> torch.Tensor:
     """``(B, K)``: ``class_curvatures(...).sum(dim=2)``, the curvature of each class summed over
     the T directions, which is all Algorithm 2 needs. Summing first,
 
@@ -366,7 +342,7 @@ def competing_classes(logits: torch.Tensor, classes: int | None) -> tuple[torch.
 
 @torch.no_grad()
 def scored_class_curvature_sums(model, x: torch.Tensor, V: torch.Tensor, classes: int | None,
-                                max_rows: int = 4096, taylor: "bool | taylor_mode.Plan" = True):
+                                max_rows: int = 4096, taylor: bool | taylor_plan.Plan = True):
     """``(logits (B, L), predicted (B,), cls (B, K), sums (B, K))``: the exact
     :func:`class_curvature_sums` over the competing classes of :func:`competing_classes`, chosen
     from the logits that the Taylor-mode pass carries as its primal (no forward pass of their own

@@ -2,8 +2,8 @@
 
 Every loader returns a frozen :class:`Dataset` of float32 images in ``[0, 1]`` with shape
 ``(N, C, H, W)`` and int64 labels ``(N,)`` (``-1`` where there are none). Nothing is downloaded:
-digits ship inside scikit-learn, MNIST is read from a directory the user points at
-(e.g. ``../shared/data/mnist``).
+digits ship inside scikit-learn, MNIST is read from a directory the user points at (the four
+IDX files, gzipped or not, with an optional ``SHA256SUMS`` that is checked).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def subset(self, n: int | None) -> "Dataset":
+    def subset(self, n: int | None) -> Dataset:
         """The first ``n`` items (all when ``n`` is None)."""
         if n is None:
             return self

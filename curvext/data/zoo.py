@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from curvext import data as _data
-from curvext.atomic_files import atomic_path
+from curvext.data import datasets as _data
+from curvext.utils.atomic_files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def train(name: str = "lenet", activation: str = "relu", dataset: str = "digits"
     Args:
         name: ``"lenet"`` or ``"nin"``.
         activation: ``"relu"`` (FD curvature) or ``"smooth"`` (exact HVPs).
-        dataset: ``"digits"`` (sklearn, seconds on 2 cores) or ``"mnist"`` (needs ``data_dir``;
+        dataset: ``"digits"`` (sklearn, trained in seconds) or ``"mnist"`` (needs ``data_dir``;
             default ``train_limit`` 20000 images and 8 epochs: about a minute (LeNet) or two (NiN)
             on 2 cores).
         epochs: default 60 for digits (test accuracy LeNet 0.97-0.98, NiN 0.94-0.96) or 8 for
@@ -300,7 +300,7 @@ def load_checkpoint(path: str | os.PathLike, module_path: str | None = None, *,
       directions and classes. The successor of TorchScript, which torch 2.14 deprecates.
 
     The model must accept inputs in ``[0, 1]`` (or pass it through
-    :class:`curvext.normalization.Normalized`); curvext does not normalise for it.
+    :class:`curvext.data.normalization.Normalized`); curvext does not normalise for it.
     """
     path = Path(path).expanduser()
     if not path.is_file():

@@ -14,32 +14,35 @@ from __future__ import annotations
 
 import torch
 
+from curvext.curvature.operators import CurvatureOperator
+from curvext.detection.config import DetectorConfig
 from curvext.linalg import lanczos
-from curvext.operators import CurvatureOperator
 
 
-def deflated_class_curvatures(detector, x: torch.Tensor, cls: torch.Tensor, predicted: torch.Tensor,
-                              V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def deflated_class_curvatures(model: torch.nn.Module, x: torch.Tensor, cls: torch.Tensor,
+                              predicted: torch.Tensor, V: torch.Tensor,
+                              config: DetectorConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, K)`` estimates of ``T tr(G_i) / d`` (Hutchinson's scale) for every image and class,
     and ``(B, K)`` the operator applications each took (Lanczos steps + T).
 
-    ``detector`` supplies model, method, h, deflation_k and seed; ``V (T, *shape)`` are its unit
-    directions.
+    ``x (B, *shape)``; ``cls (B, K)`` competing classes, ``predicted (B,)``; ``V (T, *shape)`` unit
+    directions; ``config`` supplies method (fd2 counts as fd: Lanczos needs products), h,
+    deflation_k and seed.
     """
     B, K = cls.shape
     T = V.shape[0]
     shape = tuple(x.shape[1:])
     d = x[0].numel()
-    method = "autograd" if detector.method == "autograd" else "fd"
+    method = "autograd" if config.method == "autograd" else "fd"
     xr = x.repeat_interleave(K, dim=0)
-    G = CurvatureOperator(detector.model, xr, cls.reshape(-1), predicted.repeat_interleave(K),
-                          method=method, h=detector.h if method == "fd" else None)
+    G = CurvatureOperator(model, xr, cls.reshape(-1), predicted.repeat_interleave(K),
+                          method=method, h=config.h if method == "fd" else None)
     n = B * K
     rows = torch.arange(n, device=x.device)
-    k = min(detector.deflation_k, d - 1)
-    g = torch.Generator().manual_seed(detector.seed)
+    k = min(config.deflation_k, d - 1)
+    g = torch.Generator().manual_seed(config.seed)
     v0 = G.tangent(torch.randn((n,) + shape, generator=g, dtype=torch.float64).to(x), rows)
-    res = lanczos(G, v0, k=k, which="LM", tol=1e-3, vectors=True, seed=detector.seed)
+    res = lanczos(G, v0, k=k, which="LM", tol=1e-3, vectors=True, seed=config.seed)
     theta = torch.nan_to_num(res.eigenvalues, nan=0.0)  # (n, k)
     U = torch.nan_to_num(res.eigenvectors, nan=0.0).reshape(n, k, d)
     Vf = V.reshape(T, d).to(x)

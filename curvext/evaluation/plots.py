@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from curvext.utils.optional import optional_import
+
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    optional_import("matplotlib").use("Agg")
+    return optional_import("matplotlib.pyplot")
 
 
 def roc_curves(report, path) -> None:

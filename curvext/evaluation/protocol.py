@@ -1,11 +1,11 @@
-"""Evaluation of Algorithm 2 against real attacks, next to training-free baselines (SPEC §5).
+"""Evaluation of Algorithm 2 against real attacks, next to training-free baselines (docs/method.md §9).
 
 For a model and correctly classified test images: score the clean images, attack them with each
 attack, keep the successful adversarial images, and report per attack and per score (curvext's
 rho, max-softmax, feature squeezing): detection AUC, accuracy at the best threshold, TPR at 5%
 FPR, and the label-recovery accuracy: curvext's recovered class for curvext, the model's
-runner-up class (the trivial rule, :func:`curvext.baselines.runner_up_labels`) for the baselines.
-The curvature orientation is read from clean data alone (see :mod:`curvext.detect`) and reported.
+runner-up class (the trivial rule, :func:`curvext.adversarial.baselines.runner_up_labels`) for the baselines.
+The curvature orientation is read from clean data alone (see :mod:`curvext.detection.detector`) and reported.
 
 Resumable: with ``out_dir``, each attack's adversarial images are saved as soon as they are
 computed (``<out_dir>/cache/attack-<attack>-<key>.pt``, keyed by the images, the model's weights
@@ -17,19 +17,24 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from curvext import attacks as _attacks
-from curvext import baselines, metrics
-from curvext.atomic_files import atomic_path
-from curvext.cache_keys import model_digest, settings_key as _key, tensor_digest
-from curvext.detect import CurvatureDetector, recovered_labels
-from curvext.scale_selection import ScaleChoice
+from curvext.adversarial import attacks as _attacks
+from curvext.adversarial import baselines
+from curvext.detection import metrics
+from curvext.detection.detector import CurvatureDetector
+from curvext.detection.recovery import recovered_labels
+from curvext.detection.scale_selection import ScaleChoice
+from curvext.evaluation import plots
+from curvext.utils.atomic_files import atomic_path
+from curvext.utils.cache_keys import model_digest, tensor_digest
+from curvext.utils.cache_keys import settings_key as _key
+from curvext.utils.optional import optional_import
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +108,7 @@ class EvaluationReport:
         return "\n".join(lines)
 
     def dataframe(self):
-        import pandas as pd
-
-        return pd.DataFrame([r.__dict__ for r in self.rows])
+        return optional_import("pandas").DataFrame([r.__dict__ for r in self.rows])
 
 
 def _cached(path: Path | None, compute: Callable[[], dict]) -> dict:
@@ -144,8 +147,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     ``scales`` (candidate h, fd/fd2 detectors), the detector's h is first chosen from the clean
     images alone (:meth:`CurvatureDetector.choose_scale`) and set on ``detector``.
     """
-    from tqdm.auto import tqdm
-
+    tqdm = optional_import("tqdm.auto").tqdm
     attacks = attack_suite() if attacks is None else attacks
     with torch.no_grad():
         keep = model(images).argmax(1) == labels
@@ -245,8 +247,6 @@ def _paired_shift(clean_same_images: np.ndarray, perturbed: np.ndarray) -> float
 
 def write_outputs(report: EvaluationReport, out_dir: str | os.PathLike, prefix: str = "eval") -> list[Path]:
     """Markdown, CSV and Parquet tables, the ROC plot and the rho histogram; returns the paths."""
-    from curvext import plots
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{prefix}.md", out / f"{prefix}.csv", out / f"{prefix}.parquet",

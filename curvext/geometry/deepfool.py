@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from curvext import _model_checks
+from curvext.utils import model_checks
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, *, overshoot: float = 0.02
             (including its own; all when the model has fewer); None for all.
         target: ``(B,)`` int64 classes for a targeted attack (each must differ from the label).
     """
-    _model_checks.require_eval(model, "model")
-    _model_checks.check_images(x, "x", input_range=None)
+    model_checks.require_eval(model, "model")
+    model_checks.check_images(x, "x", input_range=None)
     if not overshoot >= 0:
         raise ValueError(f"overshoot must be >= 0, got {overshoot!r}")
     if not isinstance(max_iter, int) or max_iter < 1:

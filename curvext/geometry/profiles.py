@@ -6,16 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
+from curvext.curvature.operators import CurvatureOperator
 from curvext.geometry.deepfool import deepfool
 from curvext.linalg import lanczos
-from curvext.operators import CurvatureOperator
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CurvatureProfile:
-    """Principal curvatures of B boundaries (sign convention: SPEC §1, see curvext.operators).
+    """Principal curvatures of B boundaries (sign convention: docs/method.md §1, see curvext.curvature.operators).
 
     values: ``(B, m)`` ascending: the k most negative then the k most positive (m = 2k), or the
         whole tangent spectrum (m = d - 1) with ``full=True``.

@@ -1,4 +1,4 @@
-"""The shared curved subspace of a classifier's boundaries and how vulnerable it is (SPEC §4)."""
+"""The shared curved subspace of a classifier's boundaries and how vulnerable it is (docs/method.md §5)."""
 from __future__ import annotations
 
 import logging
@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from curvext import _model_checks
+from curvext.curvature.operators import CurvatureOperator
 from curvext.geometry.deepfool import deepfool
 from curvext.geometry.profiles import curvature_points, principal_curvatures
 from curvext.linalg import lanczos
-from curvext.operators import CurvatureOperator
+from curvext.utils import model_checks
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
-    _model_checks.require_eval(model, "model")
-    _model_checks.check_images(x, "x", input_range=None)
+    model_checks.require_eval(model, "model")
+    model_checks.check_images(x, "x", input_range=None)
     d = x[0].numel()
     if not isinstance(dim, int) or dim < 1 or dim >= d:
         raise ValueError(f"dim must be an int in [1, d - 1 = {d - 1}], got {dim!r}")
@@ -93,8 +93,8 @@ def subspace_vulnerability(model, x: torch.Tensor, basis: torch.Tensor, *, norms
                            seed: int = 0) -> Vulnerability:
     """How much more the classifier is fooled by noise inside ``basis (d, dim)`` than by noise of
     the same norm in random ``dim``-dimensional subspaces (``trials`` draws per image and norm)."""
-    _model_checks.require_eval(model, "model")
-    _model_checks.check_images(x, "x", input_range=None)
+    model_checks.require_eval(model, "model")
+    model_checks.check_images(x, "x", input_range=None)
     if not isinstance(basis, torch.Tensor) or basis.dim() != 2 or basis.shape[0] != x[0].numel():
         raise ValueError(f"basis must be (d, dim) with d = {x[0].numel()}, got "
                          f"{tuple(getattr(basis, 'shape', ()))}")

@@ -1,17 +1,17 @@
 """Calling a user's batched operator ``op(V, index)`` with checks on what it returns."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+
+from curvext.linalg import _validate
 
 BatchedOperator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_start(name: str, v0: torch.Tensor) -> torch.Tensor:
     """Validate a start batch ``(B, *shape)`` and return it flattened to ``(B, n)``."""
-    from curvext.linalg import _validate
-
     _validate.floating(name, v0)
     _validate.batch(name, v0)
     _validate.finite(name, v0)

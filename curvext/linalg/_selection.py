@@ -31,8 +31,8 @@ def select(theta: torch.Tensor, sizes: torch.Tensor, k: int, which: str) -> tupl
     elif which == "SA":
         idx = ar.expand(B, k)
     elif which == "BE":
-        hi, lo = (k + 1) // 2, k // 2
-        idx = torch.where(ar < lo, ar, sizes - k + ar)  # lo from the bottom, hi from the top
+        lo = k // 2  # from the bottom; the other (k + 1) // 2 from the top
+        idx = torch.where(ar < lo, ar, sizes - k + ar)
     else:  # LM: the k largest |theta| among the real ones, then ascending by value
         cols = torch.arange(m, device=dev).view(1, m)
         mag = theta.abs().masked_fill(cols >= sizes, -1.0)

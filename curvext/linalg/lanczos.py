@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 
 from curvext import _ops
+from curvext._ops import LanczosFlag, TridiagMode
 from curvext.linalg import _operator, _validate
 from curvext.linalg._selection import WHICH, select, worst_wanted
 from curvext.linalg.result import EigResult
-
-_FLAG_BREAKDOWN, _FLAG_EXHAUSTED, _FLAG_NONFINITE = 1, 2, 3
 
 
 def default_max_steps(k: int, n: int) -> int:
@@ -109,16 +108,16 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
             continue  # the common step: nothing to decide
         if host_done is None:
             host_done = torch.zeros_like(host_flags, dtype=torch.bool)
-        restarted = host_flags == _FLAG_BREAKDOWN
-        if bool((host_flags == _FLAG_NONFINITE).any()):
-            _operator.raise_nonfinite(active_host[host_flags == _FLAG_NONFINITE].tolist())
+        restarted = host_flags == LanczosFlag.BREAKDOWN
+        if bool((host_flags == LanczosFlag.NONFINITE).any()):
+            _operator.raise_nonfinite(active_host[host_flags == LanczosFlag.NONFINITE].tolist())
         # A fresh direction that breaks down at once is an eigenvector of A restricted to the
         # complement of the basis, so A is a multiple of the identity there: nothing left to find.
         immediate = restarted & (block_start[active_host] == j) & (j > 0)
         identity_rest[active_host[immediate]] = True
         block_start[active_host[restarted]] = j + 1
         long_enough = (j + 1 - block_start[active_host]) >= min(min_after, n)
-        finished = (host_flags == _FLAG_EXHAUSTED) | immediate | (host_done & long_enough & ~restarted)
+        finished = (host_flags == LanczosFlag.EXHAUSTED) | immediate | (host_done & long_enough & ~restarted)
         if bool(finished.any()):
             stopped = active_host[finished]
             steps[stopped] = j + 1
@@ -146,7 +145,7 @@ def _converged_now(alpha, beta, active, j, k, which, tol, everyone: bool) -> tor
     else:
         a, b, beta_m = alpha[active, :m], beta[active, : m - 1], beta[active, j]
     # First components of the eigenvectors of the reversed matrix = last components here.
-    theta, last = _ops.ops.tridiag_eigh(a.flip(1), b.flip(1), _ops.TRIDIAG_FIRST)
+    theta, last = _ops.ops.tridiag_eigh(a.flip(1), b.flip(1), TridiagMode.FIRST)
     worst = worst_wanted(last.abs(), theta, k, which)
     scale = torch.maximum(theta[:, 0].abs(), theta[:, -1].abs())  # theta ascending
     return beta_m.abs() * worst <= tol * scale
@@ -213,7 +212,7 @@ def _assemble(basis, alpha, beta, steps, shape, k, which, tol, vectors, identity
     basis, alpha, beta, steps = _complement_copies(basis, alpha, beta, steps, identity_rest, k, vectors, seed)
     a, b, sizes = _padded_tridiagonal(alpha, beta, steps)
     B, m = a.shape
-    theta, S = _ops.ops.tridiag_eigh(a, b, _ops.TRIDIAG_VECTORS)
+    theta, S = _ops.ops.tridiag_eigh(a, b, TridiagMode.VECTORS)
     idx, valid = select(theta, sizes, k, which)
     values = theta.gather(1, idx)
     last_row = (sizes - 1).view(B, 1, 1).expand(B, 1, m)

@@ -43,8 +43,8 @@ def tridiag_eigh(alpha: torch.Tensor, beta: torch.Tensor, vectors: bool | str = 
     _validate.finite("alpha", alpha)
     _validate.finite("beta", beta)
     _validate.choice("vectors", vectors, {True, False, "first"})
-    mode = {False: _ops.TRIDIAG_VALUES, "first": _ops.TRIDIAG_FIRST, True: _ops.TRIDIAG_VECTORS}[vectors]
+    mode = {False: _ops.TridiagMode.VALUES, "first": _ops.TridiagMode.FIRST, True: _ops.TridiagMode.VECTORS}[vectors]
     values, vecs = _ops.ops.tridiag_eigh(alpha, beta, mode)
-    if mode == _ops.TRIDIAG_VALUES:
+    if mode == _ops.TridiagMode.VALUES:
         return values
     return values, vecs

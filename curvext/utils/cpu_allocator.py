@@ -4,11 +4,9 @@ PyTorch takes CPU tensors from the C library's ``malloc``. glibc serves blocks a
 threshold (128 KiB at first, raised as such blocks are freed, at most 32 MiB) with fresh pages
 from the kernel, and hands freed memory at the top of its heap back to the kernel past a trim
 threshold. Batched passes whose temporaries are megabytes each (activations of 64 images, their
-tangents, a Lanczos basis) then fault every page in again on every call. Measured on two cores: a
-Hessian-vector product of the MNIST LeNet for 64 images took about 6 500 minor page faults; a
-64-image principal-curvature profile spent 1.7 s of its 2.8 s in the kernel (about 900 000
-faults), and the detector scored 103 images/s instead of 162. Per-image loops allocate small
-blocks and barely notice, so the batched code is the one that pays.
+tangents, a Lanczos basis) then fault every page in again on every call (BENCHMARKS.md has the
+page-fault counts and times). Per-image loops allocate small blocks and barely notice, so the
+batched code is the one that pays.
 
 :func:`tune_cpu_allocator` raises the mmap threshold to glibc's ceiling (32 MiB) and the trim
 threshold to 1 GiB, so those blocks are reused from the heap. The cost: up to the trim threshold

@@ -1,6 +1,8 @@
 """Checks on models and images shared by the curvature entry points; messages name the argument."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 _PIECEWISE_LINEAR = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.MaxPool1d,
@@ -61,7 +63,7 @@ def is_piecewise_linear(model: torch.nn.Module) -> bool:
     modules of those classes, as TorchScript modules traced or scripted from them (their
     ``original_name``), or as operators or functions anywhere in a TorchScript, ``torch.fx`` or
     ``torch.export`` graph inside the model (also behind wrappers such as
-    :class:`curvext.normalization.Normalized`). An eager model whose own ``forward`` calls
+    :class:`curvext.data.normalization.Normalized`). An eager model whose own ``forward`` calls
     ``F.relu`` is found by tracing it symbolically with ``torch.fx``; one that cannot be traced
     (data-dependent control flow) is judged by its modules alone."""
     for m in model.modules():
@@ -72,18 +74,16 @@ def is_piecewise_linear(model: torch.nn.Module) -> bool:
     if isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         return False  # their graphs were read above
     try:
-        traced = torch.fx.symbolic_trace(_structural_copy(model))
+        traced = torch.fx.symbolic_trace(structural_copy(model))
     except Exception:  # noqa: BLE001  (tracing fails in many ways on dynamic Python code)
         return False
     return _graph_has_piecewise_linear_ops(traced)
 
 
-def _structural_copy(model: torch.nn.Module) -> torch.nn.Module:
+def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of the modules and their Python attributes that shares every parameter and buffer
     (no tensor memory is copied). Tracing runs the real ``forward`` with proxies, and whatever a
     forward stores on ``self`` (caches, counters) must land on the copy, not the user's model."""
-    import copy
-
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     return copy.deepcopy(model, memo)
 

@@ -1,4 +1,4 @@
-"""Tests of curvext.attacks on a LeNet trained on sklearn digits (a few seconds), with
+"""Tests of curvext.adversarial.attacks on a LeNet trained on sklearn digits (a few seconds), with
 cross-checks against torchattacks when it is installed."""
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from curvext import attacks, data, zoo
+from curvext import data
+from curvext.adversarial import attacks
+from curvext.data import zoo
 
 HAS_TORCHATTACKS = importlib.util.find_spec("torchattacks") is not None
 
@@ -15,7 +17,7 @@ HAS_TORCHATTACKS = importlib.util.find_spec("torchattacks") is not None
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(model, x, y): 60 correctly classified digits test images and their labels."""
-    # same config and session cache dir as tests/test_baselines.py: trained once per session
+    # same config and session cache dir as tests/adversarial/test_baselines.py: trained once per session
     model = zoo.train("lenet", "relu", epochs=15, seed=0, cache=tmp_path_factory.getbasetemp() / "zoo").model
     ds = data.load_digits("test").subset(80)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Tests of curvext.baselines against hand-computed references."""
+"""Tests of curvext.adversarial.baselines against hand-computed references."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,10 @@ import torch
 from scipy.ndimage import median_filter
 from torch import nn
 
-from curvext import attacks, baselines, data, metrics, zoo
+from curvext import data
+from curvext.adversarial import attacks, baselines
+from curvext.data import zoo
+from curvext.detection import metrics
 
 
 class _FixedLogits(nn.Module):

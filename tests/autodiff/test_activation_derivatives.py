@@ -1,4 +1,4 @@
-"""curvext.activation_derivatives against torch's own derivatives (reverse mode, twice), float64."""
+"""curvext.autodiff.activation_derivatives against torch's own derivatives (reverse mode, twice), float64."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ from torch import nn
 from torch.func import grad
 from torch.nn import functional as F
 
-from curvext import activation_derivatives, taylor_mode
-from curvext.quadratic_forms import logit_quadratic_form_sums
+from curvext.autodiff import activation_derivatives, taylor_plan
+from curvext.curvature.quadratic_forms import logit_quadratic_form_sums
 
 CASES = {
     "Softplus": (nn.Softplus(), (), {}),
@@ -141,7 +141,7 @@ def test_taylor_sums_with_closed_forms_equal_the_generic_route(monkeypatch):
     model = Mixed().double().eval()
     x = 2 * torch.randn(5, 6, dtype=torch.float64)  # some pre-activations pass Softplus's threshold
     V = torch.nn.functional.normalize(torch.randn(4, 6, dtype=torch.float64), dim=1)
-    assert taylor_mode.plan_for(model) is not None
+    assert taylor_plan.plan_for(model) is not None
     with torch.no_grad():
         scaled = 1.5 * model.l1(x)
     assert (scaled > 2.0).any() and (scaled < 2.0).any()  # both sides of act1's threshold

@@ -1,4 +1,4 @@
-"""curvext.forward_mode: nested forward mode through layer norm against reverse-over-reverse
+"""curvext.autodiff.forward_mode: nested forward mode through layer norm against reverse-over-reverse
 Hessians (float64), and the quadratic forms of a model without a Taylor-mode plan."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from torch.func import jacrev, jvp
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from curvext import forward_mode, taylor_mode
-from curvext.quadratic_forms import logit_quadratic_form_sums, logit_quadratic_forms
+from curvext.autodiff import forward_mode, taylor_plan
+from curvext.curvature.quadratic_forms import logit_quadratic_form_sums, logit_quadratic_forms
 
 
 def second_directional(fn, p, a):
@@ -89,7 +89,7 @@ def test_quadratic_forms_of_an_attention_model_without_a_plan_match_dense_hessia
     """Layer norm (a wrong nested forward rule) and nn.MultiheadAttention (the fused CPU
     attention kernel has no forward-mode rule) on the vmapped forward-over-forward path."""
     model = NormedAttention().double().eval()
-    assert taylor_mode.plan_for(model) is None
+    assert taylor_plan.plan_for(model) is None
     x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
     V = F.normalize(torch.randn(3, 16, dtype=torch.float64), dim=1).reshape(3, 1, 4, 4)
     with sdpa_kernel([SDPBackend.MATH]):  # the fused CPU attention kernel has no double backward
@@ -100,60 +100,6 @@ def test_quadratic_forms_of_an_attention_model_without_a_plan_match_dense_hessia
     torch.testing.assert_close(logit_quadratic_forms(model, x, V, "autograd", 0.0), expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(logit_quadratic_form_sums(model, x, V, "autograd", 0.0), expected.sum(dim=1),
                                rtol=1e-10, atol=1e-12)
-
-
-def test_the_detector_refuses_a_model_whose_nested_forward_rule_is_wrong(monkeypatch):
-    """Without the layer-norm correction (as for an operation curvext does not know about), the
-    one-off comparison with reverse mode catches the wrong second derivatives."""
-    from curvext.detect import CurvatureDetector
-
-    monkeypatch.setattr(forward_mode, "_REPLACED", {})  # torch's own (wrong) nested rule
-    model = NormedAttention().eval()
-    x = torch.rand(3, 1, 4, 4)
-    with pytest.raises(RuntimeError, match=r"disagrees with reverse mode.*method='fd' or 'fd2'"):
-        CurvatureDetector(model, num_directions=2, method="autograd").score(x)
-    CurvatureDetector(model, num_directions=2, method="fd2").score(x)  # finite differences need no check
-
-
-def test_the_check_runs_once_per_model_and_again_after_a_module_swap(monkeypatch):
-    from curvext.detect import CurvatureDetector
-
-    model = NormedAttention().eval()
-    x = torch.rand(3, 1, 4, 4)
-    checked = []
-    real = forward_mode._check_against_reverse_mode
-    monkeypatch.setattr(forward_mode, "_check_against_reverse_mode", lambda m, *a: checked.append(m) or real(m, *a))
-    det = CurvatureDetector(model, num_directions=2, method="autograd")
-    det.score(x)
-    det.score(x)
-    CurvatureDetector(model, num_directions=3, method="autograd").score(x)
-    assert checked == [model]
-    model.head = nn.Linear(6, 3)
-    det.score(x)
-    assert checked == [model, model]
-
-
-def test_a_model_without_second_derivatives_gets_the_passes_clear_error():
-    """Hardsigmoid has no double-backward rule: the check cannot run, and the exact passes then
-    raise their own error naming the alternatives."""
-    from curvext.detect import CurvatureDetector
-
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Hardsigmoid(), nn.Linear(8, 3)).eval()
-    with pytest.raises(RuntimeError, match="cannot differentiate twice"):
-        CurvatureDetector(model, num_directions=2, method="autograd").score(torch.rand(2, 1, 4, 4))
-
-
-def test_the_check_copies_the_model_to_float64_on_the_cpu_without_touching_it():
-    model = NormedAttention().eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    copy = forward_mode._float64_cpu_copy(model)
-    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in copy.parameters())
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert not any(a is b for a, b in zip(copy.parameters(), model.parameters()))
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
-    x = torch.rand(2, 1, 4, 4)
-    torch.testing.assert_close(copy(x.double()).float(), model(x), rtol=1e-5, atol=1e-6)
 
 
 class PointwiseThenAdaptivePool(nn.Module):
@@ -181,9 +127,9 @@ def test_adaptive_pooling_of_channels_last_input_is_batched_without_a_fallback_w
     with pytest.warns() as record:
         import warnings
 
-        warnings.warn("sentinel", UserWarning)  # pytest.warns needs one warning
+        warnings.warn("sentinel", UserWarning, stacklevel=1)  # pytest.warns needs one warning
         sums = logit_quadratic_form_sums(model, x, V, "autograd", 0.0, taylor=taylor)
     assert [str(w.message) for w in record] == ["sentinel"]
-    assert (taylor_mode.plan_for(model) is not None) or not taylor
+    assert (taylor_plan.plan_for(model) is not None) or not taylor
     reference = logit_quadratic_form_sums(model.double(), x.double(), V.double(), "autograd", 0.0, taylor=False)
     torch.testing.assert_close(sums.double(), reference, rtol=1e-4, atol=1e-6)

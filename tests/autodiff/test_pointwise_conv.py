@@ -1,4 +1,4 @@
-"""curvext.pointwise_conv: 1x1 convolutions as matrix products, against torch's convolution."""
+"""curvext.autodiff.pointwise_conv: 1x1 convolutions as matrix products, against torch's convolution."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from curvext.pointwise_conv import _pointwise_call, pointwise_as_matmul, pointwise_conv2d
-from curvext.quadratic_forms import _hessian_normal_vectorised
+from curvext.autodiff.pointwise_conv import _pointwise_call, pointwise_as_matmul, pointwise_conv2d
+from curvext.curvature.quadratic_forms import _hessian_normal_vectorised
 
 
 @pytest.mark.parametrize("batched", [True, False])
@@ -100,7 +100,7 @@ def test_reverse_over_reverse_pass_with_pointwise_convolutions_matches_dense_hes
 
 
 def test_the_reverse_over_reverse_pass_reroutes_the_pointwise_convolutions(monkeypatch):
-    from curvext import pointwise_conv
+    from curvext.autodiff import pointwise_conv
 
     calls = []
     original = pointwise_conv.pointwise_conv2d

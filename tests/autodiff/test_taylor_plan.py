@@ -16,8 +16,13 @@ from curvext.curvature.quadratic_forms import (
     logit_quadratic_form_sums,
     logit_quadratic_forms,
 )
-from curvext.data.zoo import LeNet, NiN
-from tests.autodiff.test_taylor_rules import EveryRule, assert_sums_match_dense_hessians, dense_hessians, unit_rows  # noqa: F401
+from curvext.data.zoo import NiN
+from tests.autodiff.test_taylor_rules import (  # noqa: F401
+    EveryRule,
+    assert_sums_match_dense_hessians,
+    dense_hessians,
+    unit_rows,
+)
 
 
 def test_inplace_relu_with_a_residual_keeps_the_primal():

@@ -1,8 +1,6 @@
 """curvext.autodiff.taylor_rules: every rule's collapsed second-order sums against dense float64 Hessians."""
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,9 +9,7 @@ from torch import nn
 from curvext.autodiff import taylor_plan, taylor_rules
 from curvext.curvature.quadratic_forms import (
     _second_directional_derivatives,
-    class_curvature_sums,
     logit_quadratic_form_sums,
-    logit_quadratic_forms,
 )
 from curvext.data.zoo import LeNet, NiN
 
@@ -63,11 +59,6 @@ def dense_hessians(model, x):
 
 def unit_rows(count, shape, dtype=torch.float64):
     return F.normalize(torch.randn(count, int(torch.tensor(shape).prod()), dtype=dtype), dim=1).reshape(count, *shape)
-
-
-@pytest.fixture
-def every_rule():
-    return EveryRule().double().eval()
 
 
 def test_plan_covers_every_rule(every_rule):

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from curvext import data, zoo
+from curvext import data
 from curvext.cli import main
+from curvext.data import zoo
 from curvext.geometry.profiles import principal_curvatures
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notices

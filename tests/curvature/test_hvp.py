@@ -1,4 +1,4 @@
-"""curvext.hvp: exact and finite-difference input Hessian products against dense Hessians."""
+"""curvext.curvature.hvp: exact and finite-difference input Hessian products against dense Hessians."""
 from __future__ import annotations
 
 import re
@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 
-from curvext.hvp import InputHessian
-from tests.test_quadratic_forms import Quadratic, SmoothNet
+from curvext.curvature.hvp import InputHessian
+from tests.curvature.test_quadratic_forms import Quadratic, SmoothNet
 
 
 def dense_hessian(model, x, a, c):
@@ -45,7 +45,8 @@ def test_autograd_matches_dense_and_fd_converges():
     idx = torch.arange(3)
     ref = torch.einsum("bij,bj->bi", dense_hessian(model, x, a, c), V.reshape(3, -1)).reshape(V.shape)
     torch.testing.assert_close(InputHessian(model, x, a, c)(V, idx), ref, rtol=1e-9, atol=1e-10)
-    errs = [float((InputHessian(model, x, a, c, method="fd", h=h)(V, idx) - ref).abs().max()) for h in (1e-1, 1e-2, 1e-3)]
+    errs = [float((InputHessian(model, x, a, c, method="fd", h=h)(V, idx) - ref).abs().max())
+            for h in (1e-1, 1e-2, 1e-3)]
     assert errs[1] < errs[0] / 30 and errs[2] < 1e-5  # central differences: O(h^2)
     q = InputHessian(model, x, a, c, method="fd2", h=1e-3).quadratic_form(V, idx)
     torch.testing.assert_close(q, (V * ref).flatten(1).sum(1), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""curvext.operators.CurvatureOperator against closed forms."""
+"""curvext.curvature.operators.CurvatureOperator against closed forms."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from curvext.operators import CurvatureOperator
-from tests.test_quadratic_forms import Quadratic
+from curvext.curvature.operators import CurvatureOperator
+from tests.curvature.test_quadratic_forms import Quadratic
 
 
 class Circle(torch.nn.Module):
@@ -38,7 +38,8 @@ def test_circle_curvature_is_one_over_R(method):
     # From outside (own class 1, F = f_0 - f_1) the same circle has curvature -1/R.
     G2 = CurvatureOperator(Circle(R).eval(), x * 1.0, torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long),
                            method=method, h=0.01)
-    assert torch.allclose(torch.linalg.eigvalsh(G2.dense())[:, 0], torch.full((4,), -1 / R, dtype=torch.float64), atol=1e-9)
+    lowest = torch.linalg.eigvalsh(G2.dense())[:, 0]
+    assert torch.allclose(lowest, torch.full((4,), -1 / R, dtype=torch.float64), atol=1e-9)
     assert math.isfinite(float(G.grad_norm.sum()))
 
 

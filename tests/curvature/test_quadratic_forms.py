@@ -1,13 +1,19 @@
-"""curvext.quadratic_forms against closed forms (quadratic classifiers) and dense Hessians."""
+"""curvext.curvature.quadratic_forms against closed forms (quadratic classifiers) and dense Hessians."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from curvext.quadratic_forms import (_hessian_normal_rows, _hessian_normal_vectorised, _second_directional_derivatives,
-                                     _second_directional_rows,
-                                     class_curvature_sums, class_curvatures, hessian_normal_products,
-                                     logit_quadratic_forms)
+from curvext.curvature.quadratic_forms import (
+    _hessian_normal_rows,
+    _hessian_normal_vectorised,
+    _second_directional_derivatives,
+    _second_directional_rows,
+    class_curvature_sums,
+    class_curvatures,
+    hessian_normal_products,
+    logit_quadratic_forms,
+)
 
 
 class Quadratic(torch.nn.Module):
@@ -183,7 +189,7 @@ def test_hessian_normal_products_fall_back_when_vmap_cannot_batch_the_model(capl
     model = CubeNet().eval()
     x = torch.randn(2, 6, dtype=torch.float64)
     cls, pred = torch.tensor([[1, 2], [0, 2]]), torch.tensor([0, 1])
-    with caplog.at_level("WARNING", logger="curvext.quadratic_forms"):
+    with caplog.at_level("WARNING", logger="curvext.curvature.quadratic_forms"):
         grad, hn = hessian_normal_products(model, x, cls, pred, "autograd", 0.0)
     assert "falling back" in caplog.text
     for b in range(2):
@@ -198,7 +204,7 @@ def test_hessian_normal_products_fall_back_when_vmap_cannot_batch_the_model(capl
 def test_scored_sums_choose_the_classes_from_their_own_forward_pass(monkeypatch, caplog):
     """scored_class_curvature_sums picks the same classes as a separate forward pass would, and
     returns class_curvature_sums' values for them, also on the per-row fallback."""
-    import curvext.quadratic_forms as qf
+    import curvext.curvature.quadratic_forms as qf
 
     model = SmoothNet(torch.nn.Softplus()).eval()
     x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
@@ -220,7 +226,7 @@ def test_scored_sums_choose_the_classes_from_their_own_forward_pass(monkeypatch,
         raise RuntimeError("vmap: no batching rule")
 
     monkeypatch.setattr(qf, "_hessian_normal_vectorised", cannot_batch)
-    with caplog.at_level("WARNING", logger="curvext.quadratic_forms"):
+    with caplog.at_level("WARNING", logger="curvext.curvature.quadratic_forms"):
         _, got_pred, got_cls, sums = qf.scored_class_curvature_sums(model, x, V, 2)
     assert "falling back" in caplog.text
     pred, cls = qf.competing_classes(logits, 2)
@@ -254,7 +260,7 @@ def test_a_model_without_nested_forward_rules_gets_the_same_clear_error():
 
 
 def test_hessian_normal_products_split_the_classes_when_memory_runs_out(monkeypatch, caplog):
-    import curvext.quadratic_forms as qf
+    import curvext.curvature.quadratic_forms as qf
 
     model = SmoothConvNet().eval()
     x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
@@ -272,7 +278,7 @@ def test_hessian_normal_products_split_the_classes_when_memory_runs_out(monkeypa
         return run
 
     monkeypatch.setattr(qf, "vmap", scarce_memory)
-    with caplog.at_level("INFO", logger="curvext.quadratic_forms"):
+    with caplog.at_level("INFO", logger="curvext.curvature.quadratic_forms"):
         split = qf._hessian_normal_vectorised(model, x, cls, pred)
     assert sizes == [5, 2, 3, 1, 2] and "splitting" in caplog.text
     for got, want in zip(split, whole):

@@ -12,7 +12,7 @@ import torch
 
 from curvext import data
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 
 
 def _write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:

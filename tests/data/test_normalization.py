@@ -1,10 +1,10 @@
-"""curvext.normalization: per-channel normalisation in front of a model."""
+"""curvext.data.normalization: per-channel normalisation in front of a model."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from curvext.normalization import IMAGENET, Normalized, parse_normalization
+from curvext.data.normalization import IMAGENET, Normalized, parse_normalization
 
 
 def test_normalized_model_sees_standardised_inputs():

@@ -1,4 +1,4 @@
-"""Tests of curvext.zoo: architectures, seeded training, on-disk cache, checkpoint loading."""
+"""Tests of curvext.data.zoo: architectures, seeded training, on-disk cache, checkpoint loading."""
 from __future__ import annotations
 
 import warnings
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from curvext import zoo
+from curvext.data import zoo
 
 
 @pytest.fixture(scope="module")
@@ -113,15 +113,15 @@ def test_load_checkpoint_zoo_file_and_torchscript(quick, tmp_path):
 def test_load_checkpoint_state_dict_with_module_path(quick, tmp_path):
     sd = tmp_path / "sd.pt"
     torch.save({"model_state_dict": quick.model.state_dict()}, sd)
-    m = zoo.load_checkpoint(sd, "curvext.zoo:LeNet", model_kwargs={"mean": 0.3, "std": 0.4})
+    m = zoo.load_checkpoint(sd, "curvext.data.zoo:LeNet", model_kwargs={"mean": 0.3, "std": 0.4})
     _same_outputs(m, quick.model)
     torch.save(quick.model.state_dict(), sd)
     with pytest.raises(ValueError, match="module_path"):
         zoo.load_checkpoint(sd)
     with pytest.raises(ValueError, match="package.module:ClassName"):
-        zoo.load_checkpoint(sd, "curvext.zoo.LeNet")
+        zoo.load_checkpoint(sd, "curvext.data.zoo.LeNet")
     with pytest.raises(ValueError, match="cannot import"):
-        zoo.load_checkpoint(sd, "curvext.zoo:NoSuchNet")
+        zoo.load_checkpoint(sd, "curvext.data.zoo:NoSuchNet")
     with pytest.raises(FileNotFoundError):
         zoo.load_checkpoint(tmp_path / "missing.pt")
 
@@ -139,7 +139,7 @@ def test_load_exported_program(tmp_path):
     assert not any(m.training for m in loaded.modules())
     x = torch.rand(5, 1, 8, 8)
     torch.testing.assert_close(loaded(x), model(x))
-    from curvext.hvp import InputHessian
+    from curvext.curvature.hvp import InputHessian
 
     V, idx = torch.randn(5, 1, 8, 8), torch.arange(5)
     cls, base = torch.zeros(5, dtype=torch.long), torch.ones(5, dtype=torch.long)

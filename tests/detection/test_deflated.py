@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from curvext.detect import CurvatureDetector
-from curvext.operators import CurvatureOperator
+from curvext.curvature.operators import CurvatureOperator
+from curvext.detection.detector import CurvatureDetector
 
 
 class LowRankQuadratic(torch.nn.Module):

@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 
-from curvext.detect import CurvatureDetector
-from tests.test_quadratic_forms import SmoothNet
+from curvext.detection.detector import CurvatureDetector
+from tests.curvature.test_quadratic_forms import SmoothNet
 
 
 def reference_scores(model, x, V, K=None):
@@ -70,7 +70,8 @@ def test_calibrate_and_detect_follow_orientation():
     det = CurvatureDetector(model, num_directions=4, method="autograd", orientation="auto").calibrate(x, fpr=0.1)
     rho = det.score(x).rho
     assert det.orientation == ("higher" if float(rho.median()) < 0 else "lower")
-    assert CurvatureDetector(model, num_directions=4, method="autograd", orientation="higher").calibrate(x).orientation == "higher"
+    fixed = CurvatureDetector(model, num_directions=4, method="autograd", orientation="higher")
+    assert fixed.calibrate(x).orientation == "higher"
     flagged = det.detect(x).perturbed
     # 10% false positives on the calibration set itself (quantile threshold, ties aside).
     assert abs(float(flagged.double().mean()) - 0.1) <= 0.05
@@ -111,15 +112,17 @@ def test_bad_inputs():
 def test_half_precision_scores_exactly_and_refuses_finite_differences(dtype, caplog):
     import copy
 
-    from curvext import data, taylor_mode, zoo
+    from curvext import data
+    from curvext.autodiff import taylor_plan
+    from curvext.data import zoo
 
     model = zoo.train("lenet", "smooth", "digits").model
     x = data.load_digits("test").subset(8).images
     half = copy.deepcopy(model).to(dtype)
-    with caplog.at_level("WARNING", logger="curvext.taylor_mode"):
+    with caplog.at_level("WARNING", logger="curvext.autodiff.taylor_plan"):
         rho = CurvatureDetector(half, num_directions=8, classes=3, method="autograd").score(x.to(dtype)).rho
     assert "differs from" not in caplog.text  # its rounding is not taken for an aliasing bug
-    assert taylor_mode.plan_for(half).checked
+    assert taylor_plan.plan_for(half).checked
     exact = CurvatureDetector(model, num_directions=8, classes=3, method="autograd").score(x).rho
     # Half-precision rounding (eps 1e-3 / 8e-3) through a few layers; a wrong statistic is off by O(1).
     torch.testing.assert_close(rho.float(), exact, rtol=0.1, atol=0.02 * float(exact.abs().max()))
@@ -148,7 +151,9 @@ def test_fit_threshold_picks_the_separating_orientation():
 
 
 def test_probe_orientation_agrees_with_attacked_images():
-    from curvext import attacks, data, zoo
+    from curvext import data
+    from curvext.adversarial import attacks
+    from curvext.data import zoo
 
     model = zoo.train("lenet", "relu", "digits").model
     x = data.load_digits("test").images[:80]
@@ -158,16 +163,17 @@ def test_probe_orientation_agrees_with_attacked_images():
     shift = det.score(cw.adversarial[cw.success]).rho.median() - det.score(x).rho.median()
     assert det.orientation == ("higher" if float(shift) > 0 else "lower")
     # The recovery rule is the one that gives most probe images back their labels ("max" on ties).
-    from curvext.detect import RECOVERY_RULES, recovered_labels
+    from curvext.detection.recovery import RECOVERY_RULES, recovered_labels
 
-    probe, truth, _ = det.probe(x)
+    p = det.probe(x)
+    probe, truth = p.images, p.labels
     s = det.score(probe)
     hits = [int((recovered_labels(s.per_class, r, s.competitors) == truth).sum()) for r in RECOVERY_RULES]
     assert det.recovery == RECOVERY_RULES[hits.index(max(hits))]
 
 
 def test_recovered_labels_rules_skip_classes_outside_the_sum():
-    from curvext.detect import recovered_labels
+    from curvext.detection.recovery import recovered_labels
 
     per_class = torch.tensor([[float("nan"), 2.0, -1.0, float("nan")], [0.5, float("nan"), 3.0, -4.0]])
     assert recovered_labels(per_class, "max").tolist() == [1, 2]
@@ -186,13 +192,16 @@ def test_recovered_labels_rules_skip_classes_outside_the_sum():
 
 @pytest.mark.parametrize("norm, eps", [("l2", 0.6), ("linf", 0.2)])
 def test_probe_perturbs_each_image_at_the_smallest_radius_that_flips_it(norm, eps):
-    from curvext import attacks, data, zoo
-    from curvext.detect import PROBE_RADII
+    from curvext import data
+    from curvext.adversarial import attacks
+    from curvext.data import zoo
+    from curvext.detection.probe import PROBE_RADII
 
     model = zoo.train("lenet", "relu", "digits").model
     x = data.load_digits("test").images[:60]
     det = CurvatureDetector(model, num_directions=2, method="fd2", probe_eps=eps, probe_norm=norm)
-    adversarial, labels, flipped = det.probe(x)
+    p = det.probe(x)
+    adversarial, labels, flipped = p.images, p.labels, p.flipped
     assert adversarial.shape[0] == labels.shape[0] == int(flipped.sum()) > 0
     with torch.no_grad():
         assert (model(adversarial).argmax(1) != labels).all()
@@ -212,8 +221,8 @@ def test_probe_perturbs_each_image_at_the_smallest_radius_that_flips_it(norm, ep
 def test_probe_norm_default_radius_and_validation():
     det = CurvatureDetector(SmoothNet(torch.nn.Softplus()).eval(), probe_norm="linf")
     x = torch.rand(3, 1, 4, 4)
-    assert det._probe_eps(x) == 0.2
-    assert CurvatureDetector(det.model)._probe_eps(x) == pytest.approx(0.05 * 4)
+    assert det.config.probe_radius(x[0].numel()) == 0.2
+    assert CurvatureDetector(det.model).config.probe_radius(x[0].numel()) == pytest.approx(0.05 * 4)
     with pytest.raises(ValueError, match="probe_norm"):
         CurvatureDetector(det.model, probe_norm="l1")
     with pytest.raises(ValueError, match="probe_eps"):
@@ -224,7 +233,8 @@ def _same_on(device: str):
     """Scores, detection and the probe-driven calibration on ``device`` against the CPU."""
     import copy
 
-    from curvext import data, zoo
+    from curvext import data
+    from curvext.data import zoo
 
     relu = zoo.train("lenet", "relu", "digits").model
     smooth = SmoothNet(torch.nn.Softplus()).eval()
@@ -258,14 +268,15 @@ def test_detector_on_each_device_matches_cpu(device):
 
 
 def test_probe_is_computed_once_per_images_and_weights(monkeypatch):
-    import curvext.attacks
-    from curvext import data, zoo
+    from curvext import data
+    from curvext.data import zoo
+    from curvext.detection import probe
 
     model = zoo.train("lenet", "relu", "digits").model
     x = data.load_digits("test").images[:30]
     calls = []
-    real = curvext.attacks.pgd
-    monkeypatch.setattr(curvext.attacks, "pgd", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = probe.pgd
+    monkeypatch.setattr(probe, "pgd", lambda *a, **k: calls.append(1) or real(*a, **k))
     det = CurvatureDetector(model, num_directions=2, method="fd2")
     first = det.probe(x)
     n = len(calls)
@@ -283,68 +294,9 @@ def test_probe_is_computed_once_per_images_and_weights(monkeypatch):
     assert len(calls) > n
 
 
-def test_compiled_scores_equal_eager_ones_and_pad_the_last_group(device):
-    model = SmoothNet(torch.nn.Softplus()).eval().to(device)
-    x = torch.rand(5, 1, 4, 4, dtype=torch.float64).to(device)  # groups of 4 and 1: the 1 is padded to 4
-    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
-    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True)
-    compiled = det.score(x)
-    assert not det._compiled_sums.failed
-    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(compiled.per_class, eager.per_class, rtol=1e-10, atol=1e-12, equal_nan=True)
-    assert torch.equal(compiled.predicted, eager.predicted)
-
-
-def test_compiled_zoo_cnn_matches_eager_in_float32():
-    """The real architecture (convolutions, average pooling, softplus) through the compiler."""
-    from curvext import data, zoo
-
-    model = zoo.train("lenet", "smooth", "digits").model
-    x = data.load_digits("test").images[:12]
-    eager = CurvatureDetector(model, num_directions=4, method="autograd", batch_size=8).score(x)
-    det = CurvatureDetector(model, num_directions=4, method="autograd", batch_size=8, compile=True)
-    compiled = det.score(x)
-    assert not det._compiled_sums.failed
-    # float32 kernels fused in another order: rounding differences only (measured 1e-6).
-    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-4, atol=1e-6)
-
-    # Compiled in inference ("freezing") mode: an in-place weight update (an optimizer step) must
-    # still reach the next call, not a copy of the weights folded in at compilation.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(1.3)
-    updated = det.score(x)
-    eager = CurvatureDetector(model, num_directions=4, method="autograd", batch_size=8).score(x)
-    assert not torch.allclose(updated.rho, compiled.rho, rtol=1e-2)
-    torch.testing.assert_close(updated.rho, eager.rho, rtol=1e-4, atol=1e-6)
-
-
-def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch, caplog):
-    def broken(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no C++ compiler")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
-    model = SmoothNet(torch.nn.Softplus()).eval()
-    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
-    det = CurvatureDetector(model, num_directions=2, method="autograd", compile=True)
-    with caplog.at_level("WARNING"):
-        out = det.score(x)
-    assert det._compiled_sums.failed and "no C++ compiler" in caplog.text
-    eager = CurvatureDetector(model, num_directions=2, method="autograd").score(x)
-    torch.testing.assert_close(out.rho, eager.rho, rtol=1e-12, atol=0)
-
-
-@pytest.mark.parametrize("kwargs", [dict(method="fd2"), dict(method="autograd", estimator="deflated")])
-def test_compile_only_for_the_exact_hutchinson_sums(kwargs):
-    with pytest.raises(ValueError, match="compile=True"):
-        CurvatureDetector(SmoothNet(torch.nn.Softplus()).eval(), compile=True, **kwargs)
-
-
 def test_vision_transformer_rho_matches_literal_algorithm():
     """A torchvision ViT (layer norm, GELU, nn.MultiheadAttention): the exact method needs the
-    layer-norm correction and attention on its math backend (curvext.forward_mode)."""
+    layer-norm correction and attention on its math backend (curvext.autodiff.forward_mode)."""
     torchvision = pytest.importorskip("torchvision")
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -362,58 +314,3 @@ def test_vision_transformer_rho_matches_literal_algorithm():
     assert int(torch.isfinite(per_class).sum()) == 4 and bool((rho != 0).all())  # 2 images x 2 competitors
     torch.testing.assert_close(s.rho, rho, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(s.per_class, per_class, rtol=1e-9, atol=1e-12, equal_nan=True)
-
-
-class _LogSoftmaxTokens(torch.nn.Module):
-    """torch 2.14's compiler gets this graph's second derivatives wrong (F.log_softmax, dim=-1)."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(4)
-        self.conv, self.linear = torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Linear(16, 5)
-
-    def forward(self, x):
-        h = torch.tanh(self.conv(x)).flatten(2)
-        return self.linear(h.sum(1) + torch.nn.functional.log_softmax(h, dim=-1).mean(1))
-
-
-def test_compiled_results_that_differ_from_eager_ones_are_replaced_by_them(caplog):
-    model = _LogSoftmaxTokens().double().eval()
-    x = torch.rand(5, 2, 4, 4, dtype=torch.float64)
-    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, input_range=None).score(x)
-    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True, input_range=None)
-    with caplog.at_level("WARNING", logger="curvext.compiled_sums"):
-        compiled = det.score(x)
-    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-10, atol=1e-12)
-    if det._compiled_sums.failed:  # the compiler's bug, caught on the first group
-        assert "differ from the eager ones" in caplog.text
-
-
-def test_the_first_compiled_group_is_checked_against_the_eager_sums(monkeypatch, caplog):
-    model = SmoothNet(torch.nn.Softplus()).eval()
-    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
-    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True)
-    sums = det._compiled_sums
-    real = sums._compiled
-    monkeypatch.setattr(sums, "_compiled", lambda x, V: (lambda o: (*o[:3], o[3] * 1.01))(real(x, V)))  # a wrong compiler
-    with caplog.at_level("WARNING", logger="curvext.compiled_sums"):
-        got = det.score(x)
-    assert sums.failed and "differ from the eager ones" in caplog.text
-    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
-    torch.testing.assert_close(got.rho, eager.rho, rtol=1e-12, atol=0)
-
-
-def test_models_with_normalisation_layers_compile():
-    """Eval-mode batch norm and group norm go through the Taylor walk as elementary operations,
-    which the compiler traces (torch's own jvp of them does not compile)."""
-    torch.manual_seed(2)
-    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.SiLU(),
-                                torch.nn.GroupNorm(2, 4), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(64, 3))
-    model.train()(torch.randn(8, 2, 4, 4))  # running statistics
-    model = model.double().eval()
-    x = torch.rand(5, 2, 4, 4, dtype=torch.float64)
-    eager = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4).score(x)
-    det = CurvatureDetector(model, num_directions=3, method="autograd", batch_size=4, compile=True)
-    compiled = det.score(x)
-    assert not det._compiled_sums.failed
-    torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-10, atol=1e-12)

@@ -1,4 +1,4 @@
-"""Tests of curvext.metrics against small hand-computed examples."""
+"""Tests of curvext.detection.metrics against small hand-computed examples."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from curvext import metrics
+from curvext.detection import metrics
 
 
 def test_perfect_separation():

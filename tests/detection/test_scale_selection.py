@@ -1,4 +1,4 @@
-"""Choosing the fd scale h from clean images by the orientation probe (curvext.scale_selection)."""
+"""Choosing the fd scale h from clean images by the orientation probe (curvext.detection.scale_selection)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +6,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from curvext import data, zoo
-from curvext.detect import CurvatureDetector
-from curvext.evaluate import attack_suite, evaluate
-from curvext.scale_selection import ScaleChoice
+from curvext import data
+from curvext.data import zoo
+from curvext.detection.detector import CurvatureDetector
+from curvext.detection.scale_selection import ScaleChoice
+from curvext.evaluation.protocol import attack_suite, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_choice_is_the_best_separating_candidate(relu_model, clean):
     assert isinstance(choice, ScaleChoice) and det.h == choice.h and choice.h in scales
     assert list(choice.separation) == list(scales) and choice.n_clean == clean.shape[0] > choice.n_probe > 0
     # Independent recomputation: a fresh detector at each fixed h, the same probe, sklearn's AUC.
-    probe, _, _ = det.probe(clean)
+    probe = det.probe(clean).images
     for h in scales:
         fixed = CurvatureDetector(relu_model, num_directions=4, method="fd2", h=h)
         rc, rp = fixed.score(clean).rho.numpy(), fixed.score(probe).rho.numpy()
@@ -60,7 +61,7 @@ def test_bad_use_is_refused(relu_model, clean):
     with pytest.raises(ValueError, match="fd"):
         exact.choose_scale(clean)
     tiny = CurvatureDetector(relu_model, num_directions=2, method="fd2", probe_eps=1e-6)
-    with pytest.raises(RuntimeError, match="probe"):
+    with pytest.raises(ValueError, match="probe_eps"):
         tiny.choose_scale(clean)
 
 

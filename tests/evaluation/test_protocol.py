@@ -1,14 +1,15 @@
-"""curvext.evaluate and the demo/evaluate commands on a small digits model."""
+"""curvext.evaluation.protocol and the demo/evaluate commands on a small digits model."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from curvext import data, zoo
+from curvext import data
 from curvext.cli import main
-from curvext.detect import CurvatureDetector
-from curvext.evaluate import attack_suite, evaluate, write_outputs
+from curvext.data import zoo
+from curvext.detection.detector import CurvatureDetector
+from curvext.evaluation.protocol import attack_suite, evaluate, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +156,8 @@ def test_evaluate_command_rejects_bad_probe_settings(option, bad, capsys):
 
 
 def test_evaluate_command_compiles_only_the_exact_method(tmp_path, monkeypatch, capsys):
-    import curvext.compiled_sums
-    from curvext.quadratic_forms import scored_class_curvature_sums
+    import curvext.detection.detector
+    from curvext.curvature.quadratic_forms import scored_class_curvature_sums
 
     built = []
 
@@ -168,7 +169,7 @@ def test_evaluate_command_compiles_only_the_exact_method(tmp_path, monkeypatch, 
         def __call__(self, x, V):
             return scored_class_curvature_sums(self.model, x, V, self.classes)
 
-    monkeypatch.setattr(curvext.compiled_sums, "CompiledCurvatureSums", Recorded)
+    monkeypatch.setattr(curvext.detection.detector, "CompiledCurvatureSums", Recorded)
     monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
     args = ["evaluate", "--images", "30", "--directions", "2", "--activation", "relu,smooth", "--compile",
             "--no-progress", "--out", str(tmp_path / "out")]
@@ -220,7 +221,7 @@ def test_evaluate_command_on_an_image_folder_with_a_normalised_checkpoint(digits
     assert "30 correctly classified images" in out  # every image is 'correct' by its own prediction
     assert "| deepfool |" in out and (tmp_path / "out" / "eval-folder-checkpoint-roc.png").is_file()
     # The same run through the Python API on the same model and images gives the same table.
-    from curvext.normalization import Normalized
+    from curvext.data.normalization import Normalized
 
     model = Normalized(zoo.load_checkpoint(ckpt), (0.5,), (0.25,)).eval()
     images = data.load_image_folder(tmp_path / "images", size=8, channels=1).images

@@ -81,7 +81,8 @@ def test_finished_samples_stop_costing_work():
 
 def test_matches_foolbox_median_norm():
     fb = pytest.importorskip("foolbox")
-    from curvext import data, zoo
+    from curvext import data
+    from curvext.data import zoo
 
     model = zoo.train("lenet", "relu", "digits").model.eval()
     test = data.load_digits("test").subset(100)

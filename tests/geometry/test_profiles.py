@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvext import data, zoo
+from curvext import data
+from curvext.data import zoo
 from curvext.geometry.profiles import principal_curvatures
-from tests.test_quadratic_forms import Quadratic
+from tests.curvature.test_quadratic_forms import Quadratic
 
 
 def test_quadratic_classifier_boundary_profile_matches_closed_form():
@@ -58,7 +59,7 @@ def test_bad_k():
 
 def test_low_rank_curvature_gives_zeros_not_nan():
     # Curvature of rank 3 in d = 40: the k = 3 ends are the 2 + 1 non-zero curvatures and zeros.
-    from tests.test_subspace import PlantedCurvature
+    from tests.geometry.test_subspace import PlantedCurvature
 
     model = PlantedCurvature().eval()
     g = torch.Generator().manual_seed(1)

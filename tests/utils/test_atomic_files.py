@@ -1,9 +1,9 @@
-"""curvext.atomic_files: whole files or none."""
+"""curvext.utils.atomic_files: whole files or none."""
 from __future__ import annotations
 
 import pytest
 
-from curvext.atomic_files import atomic_path
+from curvext.utils.atomic_files import atomic_path
 
 
 def test_replaces_in_one_step_and_keeps_the_suffix(tmp_path):

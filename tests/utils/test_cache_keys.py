@@ -1,10 +1,10 @@
-"""curvext.cache_keys: what the resumable caches are keyed by."""
+"""curvext.utils.cache_keys: what the resumable caches are keyed by."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from curvext.cache_keys import model_digest, settings_key, tensor_digest
+from curvext.utils.cache_keys import model_digest, settings_key, tensor_digest
 
 
 def _net(seed):
@@ -57,7 +57,7 @@ def test_bad_arguments_are_named():
 
 def test_model_digest_sees_the_graph_of_exported_programs_and_all_buffers():
     """Exported ReLU and smooth LeNets with the same weights differ only in their graphs."""
-    from curvext import zoo
+    from curvext.data import zoo
 
     relu, smooth = zoo.build("lenet", "relu", "digits").eval(), zoo.build("lenet", "smooth", "digits").eval()
     smooth.load_state_dict(relu.state_dict())

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from curvext.cpu_allocator import MMAP_THRESHOLD_MAX, tune_cpu_allocator, tuning_enabled_by_env
+from curvext.utils.cpu_allocator import MMAP_THRESHOLD_MAX, tune_cpu_allocator, tuning_enabled_by_env
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
@@ -16,8 +16,8 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 FAULTS = """
 import resource, sys, torch
 import curvext
-from curvext import zoo
-from curvext.hvp import InputHessian
+from curvext.data import zoo
+from curvext.curvature.hvp import InputHessian
 if sys.argv[1] == "tuned":
     assert curvext.tune_cpu_allocator() is True
 torch.manual_seed(0)

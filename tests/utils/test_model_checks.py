@@ -1,12 +1,12 @@
-"""curvext._model_checks: which models have a zero exact input Hessian."""
+"""curvext.utils.model_checks: which models have a zero exact input Hessian."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from curvext import zoo
-from curvext._model_checks import is_piecewise_linear
+from curvext.data import zoo
+from curvext.utils.model_checks import is_piecewise_linear
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit deprecation notices
 
@@ -43,7 +43,7 @@ def test_exported_programs():
 
 
 def test_graphs_behind_a_wrapper_and_fx_traces():
-    from curvext.normalization import Normalized
+    from curvext.data.normalization import Normalized
 
     functional = FunctionalReLU().eval()
     exported = torch.export.export(zoo.build("lenet", "relu", "digits").eval(), (torch.rand(2, 1, 8, 8),)).module()
