@@ -2,7 +2,8 @@
 # One command for a lent GPU machine: build curvext with its CUDA kernels, run the CUDA tests
 # (every CPU-vs-CUDA comparison and the device-parametrised tests), the compiled-core
 # benchmarks, the principal-curvature profiles against a per-image eigsh loop, collapsed Taylor
-# mode against forward-over-forward mode, and Algorithm 2's ResNet-50 throughput on the GPU,
+# mode against forward-over-forward mode, Algorithm 2's ResNet-50 throughput on the GPU and a
+# `curvext detect` sweep over an image folder,
 # and print a short table. Results land in $OUT (the device tool's output folder) or
 # benchmarks/results/.
 #
@@ -55,6 +56,11 @@ $PY benchmarks/bench_detect_resnet.py --device cuda --images 64 --out "$RESULTS/
   > "$RESULTS/gpu_detect.log" 2>&1
 detect_rc=$?
 
+echo "== curvext detect over an image folder (ResNet-50, 224x224, K=10, T=16) against the passes alone"
+$PY benchmarks/bench_sweep.py --device cuda --images 256 --workers 0,4,8 --batch-sizes 16,64 \
+  --out "$RESULTS/gpu_sweep_$stamp.md" > "$RESULTS/gpu_sweep.log" 2>&1
+sweep_rc=$?
+
 echo
 echo "| check | result |"
 echo "|---|---|"
@@ -64,6 +70,7 @@ echo "| benchmarks | $([ $bench_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_b
 echo "| profiles vs eigsh | $([ $profiles_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_profiles.log)") |"
 echo "| Taylor mode vs forward-over-forward | $([ $taylor_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_taylor.log)") |"
 echo "| ResNet-50 detection | $([ $detect_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_detect.log)") |"
+echo "| detect sweep | $([ $sweep_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_sweep.log)") |"
 echo
 [ -f "$RESULTS/gpu_core_$stamp.md" ] && cat "$RESULTS/gpu_core_$stamp.md"
 [ $bench_rc -ne 0 ] && tail -30 "$RESULTS/gpu_bench.log"
@@ -76,4 +83,7 @@ echo
 echo
 [ -f "$RESULTS/gpu_detect_resnet_$stamp.md" ] && cat "$RESULTS/gpu_detect_resnet_$stamp.md"
 [ $detect_rc -ne 0 ] && tail -30 "$RESULTS/gpu_detect.log"
-exit $(( tests_rc != 0 || bench_rc != 0 || profiles_rc != 0 || taylor_rc != 0 || detect_rc != 0 ))
+echo
+[ -f "$RESULTS/gpu_sweep_$stamp.md" ] && cat "$RESULTS/gpu_sweep_$stamp.md"
+[ $sweep_rc -ne 0 ] && tail -30 "$RESULTS/gpu_sweep.log"
+exit $(( tests_rc != 0 || bench_rc != 0 || profiles_rc != 0 || taylor_rc != 0 || detect_rc != 0 || sweep_rc != 0 ))

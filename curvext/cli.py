@@ -12,13 +12,18 @@ import sys
 
 from curvext.utils.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_env
 
-COMMAND_MODULES = ("demo", "evaluate", "profile")
+#: what a user's mistake raises (a missing file, a bad value, a model that does not fit the data, a
+#: missing optional package): one line on stderr and exit status 2, the traceback only with --debug
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               ImportError)
+COMMAND_MODULES = ("demo", "evaluate", "calibrate", "detect", "profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curvext", description="Decision-boundary curvature of classifiers "
                                      "in input space: detection, label recovery and profiles.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -38,7 +43,14 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     if tuning_enabled_by_env():  # the command owns its process (see curvext.utils.cpu_allocator)
         logging.getLogger(__name__).info("glibc malloc tuned for batched tensors: %s", tune_cpu_allocator())
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"curvext {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """Shared fixtures: devices to parametrise over, seeded generators."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import curvext._ops as _ops
+from curvext import data
+from curvext.data import zoo
 
 CUDA_OK = torch.cuda.is_available() and _ops.has_cuda_kernels()
 
@@ -54,3 +58,27 @@ def deepfool_fails_on(monkeypatch):
         monkeypatch.setattr(profiles, "deepfool", deepfool)
 
     return fail
+
+
+def write_digit_folder(folder, n: int, *, flat: bool = False, offset: int = 0):
+    """The digits test images offset..offset+n as 8x8 greyscale PNGs, one sub-folder per label
+    (ImageFolder layout) or all in ``folder`` (flat)."""
+    test = data.load_digits("test")
+    for i in range(offset, offset + n):
+        target = folder if flat else folder / str(int(test.labels[i]))
+        target.mkdir(parents=True, exist_ok=True)
+        pixels = (test.images[i, 0].numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(target / f"img{i:04d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def relu_lenet():
+    """The zoo's ReLU LeNet on digits (trained once, cached) and its checkpoint file."""
+    trained = zoo.train("lenet", "relu", "digits")
+    return trained.model, trained.path
+
+
+@pytest.fixture(scope="session")
+def digit_folder(tmp_path_factory):
+    return write_digit_folder(tmp_path_factory.mktemp("digits") / "images", 40)

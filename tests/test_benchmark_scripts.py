@@ -51,3 +51,13 @@ def test_hvp_benchmark_runs(capsys):
     text = capsys.readouterr().out
     for method in ("autograd (cached graph)", "forward-over-reverse", "fd2 (quadratic form)"):
         assert f"| {method} |" in text
+
+
+def test_sweep_benchmark_runs(tmp_path, capsys):
+    out = tmp_path / "sweep.md"
+    load("bench_sweep").main(["--images", "2", "--size", "32", "--directions", "2", "--classes", "2",
+                              "--workers", "0", "--batch-sizes", "2", "--out", str(out), "--default-malloc"])
+    text = out.read_text()
+    assert "6 forward and 6 forward+backward passes" in text and text == capsys.readouterr().out
+    row = re.search(r"\| 0 \| 2 \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", text)
+    assert row and all(float(v) > 0 for v in row.groups())

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from curvext.commands.arg_types import normalization, positive_int
 from curvext.data import zoo
 from curvext.data.normalization import Normalized
+from curvext.data.torchvision_models import load_torchvision
 
 DATASETS = ("digits", "mnist", "folder")
 IMAGE_SIZE = 224  # --image-size for --dataset folder, the same in every command
@@ -21,6 +23,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--module-path", default=None, metavar="PACKAGE.MODULE:CLASS",
                        help="the model's class or constructor for a state-dict --checkpoint "
                             "(e.g. torchvision.models:resnet50)")
+    group.add_argument("--model-kwargs", type=model_kwargs, default=None, metavar="JSON",
+                       help='keyword arguments of the constructor (--module-path or --model torchvision:NAME), '
+                            'as JSON, e.g. \'{"num_classes": 10}\'')
+    group.add_argument("--weights", default=None, metavar="FILE",
+                       help="state dict for --model torchvision:NAME (nothing is downloaded)")
     group.add_argument("--normalize", type=normalization, default=None, metavar="none|imagenet|M,../S,..",
                        help="per-channel (x - mean) / std put in front of a --checkpoint model that expects "
                             "normalised inputs (torchvision's ImageNet models: imagenet); images stay in [0, 1]. "
@@ -41,11 +48,33 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str = "digits") -> N
                        help="--dataset folder: 1 (grey) or 3 (RGB) (default 3)")
 
 
+def model_kwargs(text: str) -> dict:
+    """``--model-kwargs``: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"num_classes\": 10}}', got {text!r} "
+                                         f"({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"num_classes\": 10}}', got {text!r}")
+    return value
+
+
+def is_torchvision_model(name: str | None) -> bool:
+    return bool(name) and name.startswith("torchvision:")
+
+
 def load_user_model(args, device=None):
-    """The ``--checkpoint`` model on ``device``, in eval mode, behind ``--normalize`` when given.
+    """The ``--checkpoint`` (or ``--model torchvision:NAME --weights FILE``) model on ``device``,
+    in eval mode, behind ``--normalize`` when given.
 
     Modes are set as flags, not by ``eval()``, which a ``torch.export`` module refuses."""
-    model = zoo.load_checkpoint(args.checkpoint, args.module_path, device=device)  # in eval mode
+    kwargs = getattr(args, "model_kwargs", None)
+    if args.checkpoint:
+        model = zoo.load_checkpoint(args.checkpoint, args.module_path, model_kwargs=kwargs, device=device)
+    else:
+        model = load_torchvision(args.model.split(":", 1)[1], getattr(args, "weights", None), model_kwargs=kwargs,
+                                 device=device)
     if args.normalize is not None:
         model = Normalized(model, *args.normalize).to(device or "cpu")
         model.training = False  # the wrapper's own flag; the wrapped model's are already off
@@ -54,6 +83,33 @@ def load_user_model(args, device=None):
 
 def refuse_normalize_without_checkpoint(args, command: str) -> None:
     """The zoo's models normalise their inputs themselves: ``--normalize`` is for checkpoints."""
-    if args.normalize is not None and not args.checkpoint:
-        raise SystemExit(f"curvext {command}: --normalize applies to a --checkpoint model (the zoo's models "
+    if args.normalize is not None and not args.checkpoint and not is_torchvision_model(getattr(args, "model", None)):
+        raise ValueError("--normalize applies to a --checkpoint model (the zoo's models "
                          "normalise their inputs themselves)")
+
+
+def add_single_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model`` (a zoo architecture or ``torchvision:NAME``), ``--activation`` and ``--cache``
+    for the zoo, and the options of :func:`add_model_arguments`."""
+    p.add_argument("--model", default=None, metavar="lenet|nin|torchvision:NAME",
+                   help="a zoo architecture (trained on sklearn digits on first use, then cached) or a torchvision "
+                        "architecture with --weights; or give --checkpoint instead")
+    p.add_argument("--activation", choices=("relu", "smooth"), default="relu",
+                   help="activation of a zoo --model (default relu)")
+    p.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/curvext or $CURVEXT_CACHE)")
+    add_model_arguments(p)
+
+
+def load_model(args, device=None):
+    """The model of :func:`add_single_model_arguments`' options, in eval mode on ``device``."""
+    if args.checkpoint or is_torchvision_model(args.model):
+        if args.checkpoint and args.model:
+            raise ValueError("give either --checkpoint or --model, not both")
+        return load_user_model(args, device)
+    if not args.model:
+        raise ValueError("which model? give --checkpoint FILE, --model torchvision:NAME --weights FILE, or "
+                         "--model lenet|nin (the zoo)")
+    if args.model not in zoo.ARCHITECTURES:
+        raise ValueError(f"--model: expected {', '.join(zoo.ARCHITECTURES)} or torchvision:NAME, got {args.model!r}")
+    refuse_normalize_without_checkpoint(args, args.command)
+    return zoo.train(args.model, args.activation, "digits", cache=args.cache).model.to(device or "cpu")

@@ -10,44 +10,30 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 
+import torch
 
-@dataclass(frozen=True)
-class Shard:
-    """This run's share of the work: items ``i`` with ``i % count == index``."""
-
-    index: int = 0
-    count: int = 1
-
-    def owns(self, item: int) -> bool:
-        return item % self.count == self.index
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
+from curvext.sweep.engine import Shard
 
 
 def parse_shard(text: str) -> Shard:
     """``"I/N"`` with ``0 <= I < N`` (argparse type)."""
     try:
         index, count = (int(part) for part in text.split("/"))
+        return Shard(index, count)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
-    if not (count >= 1 and 0 <= index < count):
-        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
-    return Shard(index, count)
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}") from None
 
 
-def shard_from_env(environ=os.environ) -> Shard:
-    """``RANK/WORLD_SIZE`` as set by ``torchrun``; ``0/1`` outside it."""
-    return parse_shard(f"{environ.get('RANK', 0)}/{environ.get('WORLD_SIZE', 1)}")
+def add_shard_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="compute the chunks i with i %% N == I (default: RANK/WORLD_SIZE under torchrun, else all); "
+                        "sharding by hand on one GPU machine, also pass --device cuda:I")
 
 
 def resolve_device(text: str, environ=os.environ):
     """``torch.device`` for ``--device``: "auto", "cpu", "cuda" or "cuda:N"; a clear error when
     CUDA is asked for and absent."""
-    import torch
-
     if text == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
@@ -55,15 +41,15 @@ def resolve_device(text: str, environ=os.environ):
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise SystemExit(f"--device: expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {text!r}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"--device {text}: CUDA is not available here (torch {torch.__version__}); "
+            raise ValueError(f"--device {text}: CUDA is not available here (torch {torch.__version__}); "
                              "use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SystemExit(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise ValueError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type != "cpu":
-        raise SystemExit(f"--device: expected auto, cpu, cuda or cuda:N, got {text!r}")
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {text!r}")
     return device
 
 

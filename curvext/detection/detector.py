@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from curvext import __version__
 from curvext.curvature.compiled_sums import CompiledCurvatureSums
 from curvext.detection import scale_selection
+from curvext.detection.calibration_file import Calibration, read_calibration, write_calibration
 from curvext.detection.config import ORIENTATIONS, DetectorConfig
 from curvext.detection.metrics import best_threshold, calibrate_threshold
 from curvext.detection.probe import ProbeResult, orientation_from_probe, run_probe
 from curvext.detection.recovery import recovered_labels
 from curvext.detection.scoring import Scores, random_directions, score_images
 from curvext.utils import model_checks
+from curvext.utils.cache_keys import model_digest
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,9 @@ class CurvatureDetector:
         self.threshold: float | None = None
         self.orientation: str | None = config.orientation if config.orientation in ORIENTATIONS else None
         self.recovery = "max"
+        self.fpr: float | None = None  # the target false-positive rate of the last calibrate()
+        self.n_calibration_images = 0
+        self.scale_choice: scale_selection.ScaleChoice | None = None  # the last choose_scale()
         self._probe_memo = None  # (key of the clean images, probe result) of the last probe
 
     @property
@@ -156,6 +164,7 @@ class CurvatureDetector:
             self.model, self.config, x_clean, self.probe(x_clean),
             scale_selection.PROBE_SCALES if scales is None else scales, self._compiled_sums)
         self.h = choice.h
+        self.scale_choice = choice
         return choice
 
     def resolve_orientation(self, x_clean: torch.Tensor, rho_clean: torch.Tensor) -> tuple[str, str]:
@@ -177,6 +186,7 @@ class CurvatureDetector:
         self.orientation, self.recovery = self.resolve_orientation(x_clean, rho)
         sign = 1.0 if self.orientation == "higher" else -1.0
         self.threshold = sign * calibrate_threshold((sign * rho).numpy(), fpr)
+        self.fpr, self.n_calibration_images = float(fpr), int(x_clean.shape[0])
         logger.info("calibrated: clean median rho %.3g -> orientation %s, threshold %.4g",
                     float(rho.median()), self.orientation, self.threshold)
         return self
@@ -191,6 +201,7 @@ class CurvatureDetector:
             if best is None or acc > best[0]:
                 best = (acc, orientation, sign * t)
         _, self.orientation, self.threshold = best
+        self.fpr, self.n_calibration_images = None, int(x_clean.shape[0])
         return self
 
     def detect(self, x: torch.Tensor) -> Detection:
@@ -203,3 +214,41 @@ class CurvatureDetector:
         candidate = recovered_labels(s.per_class, self.recovery, s.competitors)
         recovered = torch.where(flagged, candidate, s.predicted)
         return Detection(flagged, s.predicted, recovered, s.rho)
+
+    # -- on disk ----------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, *, preprocessing: dict | None = None) -> Path:
+        """Write the calibrated detector to the JSON file ``path``
+        (:mod:`curvext.detection.calibration_file`): settings, threshold, orientation, recovery
+        rule, target FPR, the model's digest and ``preprocessing`` (how image files became inputs,
+        for sweeps). Requires :meth:`calibrate` or :meth:`fit_threshold`."""
+        if self.threshold is None or self.orientation is None:
+            raise RuntimeError("detector is not calibrated: call calibrate(x_clean) before save()")
+        separation = {} if self.scale_choice is None else dict(self.scale_choice.separation)
+        calibration = Calibration(self.config, float(self.threshold), self.orientation, self.recovery, self.fpr,
+                                  model_digest(self.model), dict(preprocessing or {}), self.n_calibration_images,
+                                  separation, __version__)
+        return write_calibration(path, calibration)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: torch.nn.Module) -> CurvatureDetector:
+        """The detector saved in ``path``, calibrated, for ``model``: refused (ValueError naming both
+        digests) when ``model``'s weights are not the ones it was calibrated on."""
+        calibration = read_calibration(path)
+        digest = model_digest(model)
+        if digest != calibration.model_digest:
+            raise ValueError(f"{path} was calibrated for the model with digest {calibration.model_digest}, but this "
+                             f"model's digest is {digest} (other weights, architecture or normalisation): "
+                             "calibrate this model")
+        detector = cls(model, calibration.config)
+        detector.apply(calibration)
+        return detector
+
+    def apply(self, calibration: Calibration) -> CurvatureDetector:
+        """Take the threshold, orientation, recovery rule and settings of ``calibration``
+        (no digest check; see :meth:`load`)."""
+        self.config = calibration.config
+        self.threshold, self.orientation, self.recovery = calibration.threshold, calibration.orientation, \
+            calibration.recovery
+        self.fpr, self.n_calibration_images = calibration.fpr, calibration.n_images
+        return self

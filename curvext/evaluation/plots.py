@@ -70,3 +70,29 @@ def curvature_profile(values: np.ndarray, path, title: str = "principal curvatur
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def rho_against_threshold(rho: np.ndarray, threshold: float, orientation: str, path,
+                          title: str = "rho of the swept images") -> None:
+    """Histogram of the swept images' rho ``(N,)`` with the calibrated threshold as a vertical
+    line; the flagged side (``orientation`` "higher": right of it) is shaded."""
+    plt = _pyplot()
+    rho = np.asarray(rho, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if rho.size:
+        lo, hi = np.percentile(np.append(rho, threshold), [0.5, 99.5])
+        span = max(hi - lo, 1e-12)
+        bins = np.linspace(lo - 0.05 * span, hi + 0.05 * span, 60)
+        ax.hist(np.clip(rho, bins[0], bins[-1]), bins=bins, color="tab:blue", label=f"{rho.size} images")
+    ax.axvline(threshold, color="tab:red", lw=1.5, label=f"threshold {threshold:.3g}")
+    left, right = ax.get_xlim()
+    ax.axvspan(threshold, right, color="tab:red", alpha=0.08) if orientation == "higher" else \
+        ax.axvspan(left, threshold, color="tab:red", alpha=0.08)
+    ax.set_xlim(left, right)
+    ax.set_xlabel("rho (mean normal curvature of f_i - f_khat); shaded: flagged as perturbed")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -112,3 +112,18 @@ def check_images(x: torch.Tensor, name: str = "x", input_range: tuple | None = (
                 f"not (min {float(x.min()):.4g}, max {float(x.max()):.4g}). Pass input_range=None "
                 "to skip this check."
             )
+
+
+def output_count(model: torch.nn.Module, shape: tuple, device=None, hint: str = "") -> int:
+    """The number of outputs of ``model`` for one blank input of ``shape`` (without the batch
+    dimension); a ValueError naming the shape (and ``hint``, the options that set it) when the
+    model rejects it, instead of a raw error from inside the model."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((1, *shape), device=device))
+    except RuntimeError as err:
+        raise ValueError(f"the model rejects inputs of shape {tuple(shape)}: {str(err).splitlines()[0][:160]}"
+                         + (f"; {hint}" if hint else "")) from None
+    if out.dim() != 2:
+        raise ValueError(f"the model must return (B, L) logits, got shape {tuple(out.shape)} for one input")
+    return int(out.shape[1])

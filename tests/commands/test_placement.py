@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvext.commands.placement import Shard, parse_shard, resolve_device, shard_from_env
+from curvext.commands.placement import parse_shard, resolve_device
+from curvext.sweep.engine import Shard
 
 
 def test_shards_partition_the_work():
@@ -15,20 +16,24 @@ def test_shards_partition_the_work():
 
 
 def test_shard_from_torchrun_environment():
-    assert shard_from_env({"RANK": "3", "WORLD_SIZE": "8"}) == Shard(3, 8)
-    assert shard_from_env({}) == Shard(0, 1)
+    assert Shard.from_env({"RANK": "3", "WORLD_SIZE": "8"}) == Shard(3, 8)
+    assert Shard.from_env({}) == Shard(0, 1)
+    with pytest.raises(ValueError, match="shard must be I/N"):
+        Shard.from_env({"RANK": "8", "WORLD_SIZE": "8"})
+    with pytest.raises(ValueError, match="RANK/WORLD_SIZE must be integers"):
+        Shard.from_env({"RANK": "a", "WORLD_SIZE": "8"})
 
 
 def test_device_choice():
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(SystemExit, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
     else:
         assert resolve_device("auto", {"LOCAL_RANK": "0"}) == torch.device("cuda:0")
-        with pytest.raises(SystemExit, match="CUDA device"):
+        with pytest.raises(ValueError, match="CUDA device"):
             resolve_device(f"cuda:{torch.cuda.device_count()}")
     for bad in ("gpu", "meta"):
-        with pytest.raises(SystemExit, match="--device"):
+        with pytest.raises(ValueError, match="--device"):
             resolve_device(bad)

@@ -1,0 +1,57 @@
+"""``curvext detect``: the calibrated detector over a whole image folder, one Parquet row per
+image, resumable, sharded under ``torchrun`` (:func:`curvext.sweep.detect.detect_dataset`)."""
+from __future__ import annotations
+
+from curvext.commands.arg_types import positive_int
+from curvext.commands.model_source import add_single_model_arguments, load_model
+from curvext.commands.placement import add_device_argument, add_shard_argument, resolve_device
+from curvext.commands.sweep_options import add_folder_arguments, preprocessing_from
+from curvext.data.normalization import Normalized
+from curvext.detection.calibration_file import read_calibration
+from curvext.sweep.detect import CHUNK_SIZE, detect_dataset
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("detect", help="flag perturbed images of a folder and recover their labels (Parquet rows)",
+                       description="Scores every image of --data-dir with a detector saved by `curvext calibrate`, "
+                                   "writing OUT/detections/*.parquet (one row per image), then OUT/summary.md and "
+                                   "OUT/rho-histogram.png. A rerun computes only what is missing; under torchrun "
+                                   "each rank takes its share of the chunks.")
+    add_folder_arguments(p, defaults=False)
+    p.add_argument("--calibration", required=True, help="the JSON file written by `curvext calibrate`")
+    p.add_argument("--out", required=True, help="output folder")
+    add_single_model_arguments(p)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images scored together (default: the calibration's; halved on out-of-memory)")
+    p.add_argument("--chunk-size", type=positive_int, default=CHUNK_SIZE,
+                   help=f"images per saved part (default {CHUNK_SIZE})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(p)
+    add_shard_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    calibration = read_calibration(args.calibration)
+    recorded = calibration.preprocessing.get("image", {})
+    preprocessing_from(args, recorded)  # refuses options that contradict the calibration
+    normalize = calibration.preprocessing.get("normalize")
+    if args.normalize is not None and [list(v) for v in args.normalize] != normalize:
+        raise ValueError(f"--normalize differs from the calibration's {normalize}: leave it out, or calibrate again")
+    args.normalize = None
+    model = load_model(args, device)
+    if normalize is not None:
+        model = Normalized(model, *normalize).to(device)
+        model.training = False
+    result = detect_dataset(model, args.data_dir, args.calibration, args.out, device=device, workers=args.workers,
+                            batch_size=args.batch_size, chunk_size=args.chunk_size, shard=args.shard,
+                            progress=not args.no_progress)
+    s = result.status
+    if result.summary is not None:
+        print(result.summary.read_text())
+        print(f"wrote {result.folder / 'detections'}, {result.summary}, {result.folder / 'rho-histogram.png'}")
+    else:
+        print(f"computed {s.computed} parts, {s.skipped} done elsewhere; {s.missing} parts still missing, so the "
+              "summary is left to the run that completes them")
+    return 0
