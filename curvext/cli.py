@@ -14,7 +14,7 @@ from curvext.utils.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_en
 
 #: what a user's mistake raises (a missing file, a bad value, a model that does not fit the data, a
 #: missing optional package): one line on stderr and exit status 2, the traceback only with --debug
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                ImportError)
 COMMAND_MODULES = ("demo", "evaluate", "calibrate", "detect", "profile")
 

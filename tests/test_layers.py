@@ -67,7 +67,20 @@ def layer_of(module: str) -> int | None:
 
 def upward_imports(module: str, imported: set[str]) -> list[str]:
     own = layer_of(module)
+    assert own is not None, f"{module} belongs to no layer of {sorted(LAYERS)}"
     return sorted(i for i in imported if i != "curvext" and (layer_of(i) or 0) > own)
+
+
+def subpackage_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Subpackage -> the other subpackages its modules import (e.g. linalg -> {_ops})."""
+    out: dict[str, set[str]] = {}
+    for module, imported in graph.items():
+        if module == "curvext":
+            continue
+        own = module.split(".")[1]
+        out.setdefault(own, set()).update(i.split(".")[1] for i in imported
+                                          if i != "curvext" and i.split(".")[1] != own)
+    return out
 
 
 def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -117,6 +130,13 @@ def test_no_import_circle():
     assert circle is None, "import circle: " + " -> ".join(circle)
 
 
+def test_no_circle_between_subpackages():
+    """Two subpackages of one layer (linalg, autodiff, data; evaluation, sweep, training) may
+    import each other, but only one way round."""
+    circle = find_circle(subpackage_graph(GRAPH))
+    assert circle is None, "subpackages import each other: " + " -> ".join(circle)
+
+
 def test_the_checks_find_a_planted_upward_import_and_circle(tmp_path):
     planted = tmp_path / "x.py"
     planted.write_text("from curvext.utils import atomic_files\n\n\n"
@@ -126,6 +146,9 @@ def test_the_checks_find_a_planted_upward_import_and_circle(tmp_path):
     assert upward_imports("curvext.utils.x", imported) == ["curvext.detection.detector"]
     assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_circle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    planted_pair = {"curvext.sweep.x": {"curvext.evaluation.y"}, "curvext.evaluation.y": {"curvext.sweep.z"}}
+    assert find_circle(subpackage_graph(planted_pair)) in (["evaluation", "sweep", "evaluation"],
+                                                           ["sweep", "evaluation", "sweep"])
 
 
 def test_few_modules_at_the_top_level():

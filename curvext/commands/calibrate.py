@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 
 from curvext.commands.arg_types import fraction, positive_float, positive_int, scales
-from curvext.commands.model_source import add_single_model_arguments, load_model
+from curvext.commands.model_source import (
+    add_single_model_arguments,
+    load_model,
+    refuse_normalize_without_checkpoint,
+)
 from curvext.commands.placement import add_device_argument, resolve_device
 from curvext.commands.sweep_options import add_folder_arguments, preprocessing_from
 from curvext.detection.config import DetectorConfig
@@ -48,6 +52,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     device = resolve_device(args.device)
+    refuse_normalize_without_checkpoint(args, "calibrate")
+    normalize, args.normalize = args.normalize, None  # calibrate_dataset puts it in front and records it
     model = load_model(args, device)
     preprocessing = preprocessing_from(args)
     shape = (preprocessing.channels, preprocessing.image_size, preprocessing.image_size)
@@ -60,7 +66,7 @@ def run(args) -> int:
                             orientation=args.orientation, probe_norm=args.probe_norm, probe_eps=args.probe_eps,
                             seed=args.seed, batch_size=args.batch_size)
     cal = calibrate_dataset(model, args.data_dir, args.out, images=args.images, config=config,
-                            preprocessing=preprocessing, normalize=args.normalize,
+                            preprocessing=preprocessing, normalize=normalize,
                             scales=None if fixed_h else args.h, fpr=args.fpr, device=device, workers=args.workers)
     scale = "" if method == "autograd" else f", h = {cal.config.h:g}"
     print(f"calibrated on {cal.n_images} clean images: method {method}{scale}, T = {cal.config.num_directions}, "

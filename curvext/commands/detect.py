@@ -2,11 +2,12 @@
 image, resumable, sharded under ``torchrun`` (:func:`curvext.sweep.detect.detect_dataset`)."""
 from __future__ import annotations
 
+import sys
+
 from curvext.commands.arg_types import positive_int
 from curvext.commands.model_source import add_single_model_arguments, load_model
 from curvext.commands.placement import add_device_argument, add_shard_argument, resolve_device
 from curvext.commands.sweep_options import add_folder_arguments, preprocessing_from
-from curvext.data.normalization import Normalized
 from curvext.detection.calibration_file import read_calibration
 from curvext.sweep.detect import CHUNK_SIZE, detect_dataset
 
@@ -34,24 +35,25 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     device = resolve_device(args.device)
     calibration = read_calibration(args.calibration)
-    recorded = calibration.preprocessing.get("image", {})
-    preprocessing_from(args, recorded)  # refuses options that contradict the calibration
+    recorded = calibration.preprocessing.get("image") or None
+    preprocessing = preprocessing_from(args, recorded)  # refuses options that contradict the calibration
     normalize = calibration.preprocessing.get("normalize")
     if args.normalize is not None and [list(v) for v in args.normalize] != normalize:
         raise ValueError(f"--normalize differs from the calibration's {normalize}: leave it out, or calibrate again")
-    args.normalize = None
+    args.normalize = None  # detect_dataset puts the calibration's normalisation in front of the model
     model = load_model(args, device)
-    if normalize is not None:
-        model = Normalized(model, *normalize).to(device)
-        model.training = False
-    result = detect_dataset(model, args.data_dir, args.calibration, args.out, device=device, workers=args.workers,
-                            batch_size=args.batch_size, chunk_size=args.chunk_size, shard=args.shard,
-                            progress=not args.no_progress)
+    result = detect_dataset(model, args.data_dir, args.calibration, args.out, preprocessing=preprocessing,
+                            device=device, workers=args.workers, batch_size=args.batch_size,
+                            chunk_size=args.chunk_size, shard=args.shard, progress=not args.no_progress)
     s = result.status
+    print(f"this process computed {s.computed} parts ({s.skipped} done before or by other processes)")
     if result.summary is not None:
         print(result.summary.read_text())
         print(f"wrote {result.folder / 'detections'}, {result.summary}, {result.folder / 'rho-histogram.png'}")
-    else:
-        print(f"computed {s.computed} parts, {s.skipped} done elsewhere; {s.missing} parts still missing, so the "
-              "summary is left to the run that completes them")
+        return 0
+    if s.owned_missing:
+        print(f"{s.owned_missing} parts of this run are held by another process or were abandoned; rerun the same "
+              "command to finish them", file=sys.stderr)
+        return 3
+    print(f"{s.missing} parts of other shards are still missing; the run that completes them writes the summary")
     return 0

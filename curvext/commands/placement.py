@@ -1,10 +1,11 @@
 """Where a command runs: its device, and its shard of the work under ``torchrun``.
 
 ``--device auto`` (the default) is ``cuda:<LOCAL_RANK>`` when CUDA is available and ``cpu``
-otherwise. ``--shard I/N`` gives a run the work items ``i`` with ``i % N == I``; under
-``torchrun`` it defaults to ``RANK/WORLD_SIZE``, so ``torchrun --nproc-per-node 8 -m curvext.cli
-profile ...`` splits a sweep over eight GPUs (and over nodes, with ``--nnodes``) without any
-communication between the processes: each writes its own parts of the shared output folder.
+otherwise. ``--shard I/N`` gives a run the chunks ``i`` with ``i % N == I``; under ``torchrun`` it
+defaults to ``RANK/WORLD_SIZE``, so ``torchrun --nproc-per-node 8 -m curvext.cli detect ...``
+splits a sweep over eight GPUs (and over nodes, with ``--nnodes``): each process writes its own
+parts of the shared output folder, and the only communication is a barrier at the end
+(:mod:`curvext.sweep.engine`).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ chunks, and the run that finds every part present writes the table and the plot.
 from __future__ import annotations
 
 from curvext import data
-from curvext.commands.arg_types import positive_float, positive_int
+from curvext.commands.arg_types import non_negative_int, positive_float, positive_int
 from curvext.commands.model_source import (
     add_data_arguments,
     add_model_arguments,
@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--h", type=positive_float, default=0.1, help="finite-difference scale for --method fd")
     p.add_argument("--full", action="store_true", help="dense spectrum (small images only)")
     p.add_argument("--chunk", type=positive_int, default=32, help="images per saved part")
-    p.add_argument("--workers", type=int, default=2, help="--dataset folder: DataLoader processes (default 2)")
+    p.add_argument("--workers", type=non_negative_int, default=2,
+                   help="--dataset folder: DataLoader processes (default 2)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     p.add_argument("--out", default="curvext-out/profile")
     p.add_argument("--cache", default=None, help="zoo cache folder")

@@ -32,7 +32,7 @@ def preprocessing_from(args, recorded: dict | None = None) -> Preprocessing:
     """The :class:`Preprocessing` of the options; options left out take ``recorded``'s values, and
     one that contradicts ``recorded`` is refused (a calibration holds for its preprocessing only)."""
     given = {"image_size": args.image_size, "resize": args.resize, "channels": args.channels}
-    if recorded is None:
+    if recorded is None:  # nothing recorded (a calibration saved from Python): the options, or their defaults
         return Preprocessing(**{k: v for k, v in given.items() if v is not None})
     for name, value in given.items():
         if value is not None and value != recorded.get(name):

@@ -44,20 +44,22 @@ class Manifest:
 
 
 def scan_image_folder(root: str | os.PathLike) -> Manifest:
-    """The manifest of ``root``: ImageFolder layout when it has sub-folders holding images,
-    else the image files directly inside it. Raises FileNotFoundError naming the folder when it
-    is missing or holds no image file."""
+    """The manifest of ``root``: ImageFolder layout when it has sub-folders holding images (the
+    sub-folders holding none are not classes), else the image files directly inside it. Raises
+    FileNotFoundError naming the folder when it is missing or holds no image file."""
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-    found: list[tuple[str, int]] = []
-    for index, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(folder / name, followlinks=True):
-            dirnames.sort()
-            for f in sorted(filenames):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    found.append(((Path(dirpath) / f).relative_to(folder).as_posix(), index))
+    folders = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    per_folder = {name: [(Path(dirpath) / f).relative_to(folder).as_posix()
+                         for dirpath, dirnames, filenames in _walk(folder / name)
+                         for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+                  for name in folders}
+    classes = [name for name in folders if per_folder[name]]
+    if classes and len(classes) < len(folders):
+        logger.warning("%s: sub-folders without images are not classes: %s", folder,
+                       ", ".join(n for n in folders if not per_folder[n])[:200])
+    found = [(path, index) for index, name in enumerate(classes) for path in per_folder[name]]
     if found:
         flat_files = [f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)]
         if flat_files:
@@ -71,6 +73,13 @@ def scan_image_folder(root: str | os.PathLike) -> Manifest:
     if not flat:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder} or its sub-folders")
     return Manifest(str(folder), tuple(flat), None, ())
+
+
+def _walk(root: Path):
+    """``os.walk`` in sorted order (sub-folders too), following links."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        yield dirpath, dirnames, filenames
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,10 @@ def _positive_finite(name: str, value, what: str) -> float:
     return number
 
 
+def _default_scale(method: str) -> float:
+    return 0.0 if method == "autograd" else DEFAULT_SCALE
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Settings of :class:`curvext.detection.CurvatureDetector` (docs/method.md §7).
@@ -93,7 +97,7 @@ class DetectorConfig:
             object.__setattr__(self, "probe_eps",
                                _positive_finite("probe_eps", self.probe_eps, "a positive finite radius"))
         if self.h is None:
-            object.__setattr__(self, "h", 0.0 if self.method == "autograd" else DEFAULT_SCALE)
+            object.__setattr__(self, "h", _default_scale(self.method))
         elif self.method == "autograd" and self.h == 0:
             object.__setattr__(self, "h", 0.0)
         else:
@@ -109,7 +113,10 @@ class DetectorConfig:
                              f"(the exact sums), got method={self.method!r}, estimator={self.estimator!r}")
 
     def replace(self, **changes) -> DetectorConfig:
-        """A copy with ``changes`` applied and validated (``dataclasses.replace``)."""
+        """A copy with ``changes`` applied and validated (``dataclasses.replace``). A new ``method``
+        without a new ``h`` takes that method's default scale when ``h`` was the old default."""
+        if "method" in changes and "h" not in changes and self.h == _default_scale(self.method):
+            changes["h"] = None
         return dataclasses.replace(self, **changes)
 
     def probe_radius(self, d: int) -> float:

@@ -41,7 +41,10 @@ def deflated_class_curvatures(model: torch.nn.Module, x: torch.Tensor, cls: torc
     rows = torch.arange(n, device=x.device)
     k = min(config.deflation_k, d - 1)
     g = torch.Generator().manual_seed(config.seed)
-    v0 = G.tangent(torch.randn((n,) + shape, generator=g, dtype=torch.float64).to(x), rows)
+    # One start direction for every row (projected on each row's tangent space): a row's result
+    # depends on its image and the seed, not on its position in the batch.
+    start = torch.randn(shape, generator=g, dtype=torch.float64).to(x)
+    v0 = G.tangent(start.expand((n,) + shape).contiguous(), rows)
     res = lanczos(G, v0, k=k, which="LM", tol=1e-3, vectors=True, seed=config.seed)
     theta = torch.nan_to_num(res.eigenvalues, nan=0.0)  # (n, k)
     U = torch.nan_to_num(res.eigenvectors, nan=0.0).reshape(n, k, d)

@@ -85,6 +85,7 @@ class CurvatureDetector:
     seed = _Setting()
     input_range = _Setting()
     batch_size = _Setting()
+    compile = _Setting()
 
     def __init__(self, model: torch.nn.Module, config: DetectorConfig | None = None, **settings):
         if config is not None and not isinstance(config, DetectorConfig):
@@ -209,7 +210,14 @@ class CurvatureDetector:
         if self.threshold is None or self.orientation is None:
             raise RuntimeError("detector is not calibrated: call calibrate(x_clean) or "
                                "fit_threshold(x_clean, x_perturbed) before detect()")
-        s = self.score(x)
+        return self.decide(self.score(x))
+
+    def decide(self, scores: Scores) -> Detection:
+        """The calibrated decision on already computed ``scores``: flagged where rho is beyond the
+        threshold on the calibrated side; flagged images get the recovery rule's class."""
+        if self.threshold is None or self.orientation is None:
+            raise RuntimeError("detector is not calibrated: call calibrate(x_clean) first")
+        s = scores
         flagged = s.rho >= self.threshold if self.orientation == "higher" else s.rho <= self.threshold
         candidate = recovered_labels(s.per_class, self.recovery, s.competitors)
         recovered = torch.where(flagged, candidate, s.predicted)

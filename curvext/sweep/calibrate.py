@@ -8,6 +8,7 @@ import os
 import torch
 
 from curvext.data.image_folder import Preprocessing, scan_image_folder
+from curvext.data.normalization import Normalized
 from curvext.detection.calibration_file import Calibration, read_calibration
 from curvext.detection.config import DetectorConfig
 from curvext.detection.detector import CurvatureDetector
@@ -25,9 +26,10 @@ def calibrate_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, out: 
     ``config.seed`` (the same images on every run), and write the calibration JSON to ``out``.
 
     ``scales``: "auto" chooses h among ``PROBE_SCALES`` (fd/fd2 methods; autograd has no h), a
-    sequence chooses among its values, None keeps ``config.h``. ``normalize``: the ``(mean, std)``
-    put in front of the model, recorded with the preprocessing (the model given must already
-    include it). Unreadable files are skipped (logged); fewer than 2 readable images is an error."""
+    sequence chooses among its values, None keeps ``config.h``. ``normalize``: ``(mean, std)``
+    per channel, put in front of ``model`` (:class:`curvext.data.normalization.Normalized`) and
+    recorded with the preprocessing, so that :func:`curvext.sweep.detect.detect_dataset` puts it
+    there again. Unreadable files are skipped (logged); fewer than 2 readable images is an error."""
     if isinstance(images, bool) or not isinstance(images, int) or images < 2:
         raise ValueError(f"images must be an int >= 2 (clean images to calibrate on), got {images!r}")
     config = config or DetectorConfig()
@@ -48,6 +50,9 @@ def calibrate_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, out: 
     x = torch.cat(kept)
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 readable images in {data_dir} to calibrate, got {x.shape[0]}")
+    if normalize is not None:
+        model = Normalized(model, *normalize)
+        model.training = False  # the wrapper's flag; eval() is refused by torch.export modules
     detector = CurvatureDetector(model.to(device), config)
     if scales is not None and config.method != "autograd":
         choice = detector.choose_scale(x, PROBE_SCALES if scales == "auto" else scales)

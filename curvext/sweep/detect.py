@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from curvext.data.image_folder import Preprocessing, scan_image_folder
+from curvext.data.normalization import Normalized
 from curvext.detection.calibration_file import read_calibration
 from curvext.detection.detector import CurvatureDetector
-from curvext.detection.recovery import recovered_labels
+from curvext.detection.scoring import Scores
 from curvext.sweep.engine import Chunks, Shard, SweepStatus, run_chunks, stop_distributed
 from curvext.sweep.output import claim_output_folder
 from curvext.sweep.parts import PartStore
@@ -48,18 +49,25 @@ class DetectResult:
 
 
 def detect_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, calibration: str | os.PathLike,
-                   out: str | os.PathLike, *, device=None, workers: int = 2, batch_size: int | None = None,
-                   chunk_size: int = CHUNK_SIZE, shard: Shard | None = None, progress: bool = False) -> DetectResult:
+                   out: str | os.PathLike, *, preprocessing: Preprocessing | None = None, device=None,
+                   workers: int = 2, batch_size: int | None = None, chunk_size: int = CHUNK_SIZE,
+                   shard: Shard | None = None, progress: bool = False) -> DetectResult:
     """Score every image of ``data_dir`` (ImageFolder layout or flat) with the detector saved in
-    ``calibration`` for ``model`` (refused when the model's digest differs), preprocessed as at
-    calibration. ``batch_size`` images are scored together (default: the calibration's; halved
-    and retried, logged, when the device runs out of memory). Rerunning the same call computes
-    only the chunks whose part is missing."""
+    ``calibration`` for ``model`` (refused when the model's digest differs).
+
+    ``model`` is the user's model; the normalisation recorded at calibration is put in front of
+    it. Images are preprocessed as recorded at calibration (``preprocessing`` is needed only when
+    the calibration records none, and must agree with it otherwise). ``batch_size`` images are
+    scored together (default: the calibration's; halved and retried, logged, when the device runs
+    out of memory). An image that cannot be read, or whose curvature is not finite, becomes a row
+    with ``error`` set. Rerunning the same call computes only the chunks whose part is missing."""
     device = torch.device(device or "cpu")
-    model = model.to(device)
-    detector = CurvatureDetector.load(calibration, model)
     settings = read_calibration(calibration)
-    preprocessing = Preprocessing(**settings.preprocessing.get("image", {}))
+    preprocessing = _preprocessing(settings.preprocessing.get("image"), preprocessing)
+    normalize = settings.preprocessing.get("normalize")
+    model = (model if normalize is None else Normalized(model, *normalize)).to(device)
+    model.training = False  # the wrapper's flag; eval() is refused by torch.export modules
+    detector = CurvatureDetector.load(calibration, model)
     source = FolderSource(scan_image_folder(data_dir), preprocessing, workers)
     shape = (preprocessing.channels, preprocessing.image_size, preprocessing.image_size)
     output_count(model, shape, device, "the calibration's preprocessing does not fit this model")
@@ -68,7 +76,7 @@ def detect_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, calibrat
     chunks = Chunks(len(source), chunk_size)
     identity = {"kind": "detect", "model_digest": settings.model_digest, "chunk_size": chunk_size,
                 "calibration": hashlib.sha256(Path(calibration).expanduser().read_bytes()).hexdigest()[:16],
-                "data": source.identity()}
+                "data": source.identity(), "batch_size": detector.batch_size, "device": device.type}
     folder = claim_output_folder(out, identity)
     store = PartStore(folder / "detections")
     shard = shard or Shard.from_env()
@@ -94,25 +102,37 @@ def detect_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, calibrat
     elif status.missing:
         logger.info("%d chunks are still missing (other ranks or processes); the summary is written by the "
                     "run that completes them", status.missing)
-    stop_distributed()
+    stop_distributed(status)
     return DetectResult(folder, status, summary)
 
 
+def _preprocessing(recorded: dict | None, given: Preprocessing | None) -> Preprocessing:
+    if not recorded:
+        if given is None:
+            raise ValueError("the calibration records no preprocessing (it was saved without one): pass "
+                             "preprocessing (image size, resize, channels) for its images")
+        return given
+    if given is not None and given != Preprocessing(**recorded):
+        raise ValueError(f"preprocessing {given} differs from the calibration's {recorded}: a calibration holds "
+                         "for the preprocessing it was made with")
+    return Preprocessing(**recorded)
+
+
 def _rows(detector: CurvatureDetector, source: FolderSource, batch: Batch) -> list[dict]:
-    ok = [i for i, e in enumerate(batch.errors) if not e]
+    errors = list(batch.errors)
+    ok = [i for i, e in enumerate(errors) if not e]
     scored = {}
-    if ok:
-        s = _score(detector, batch.images[ok])
-        flagged = s.rho >= detector.threshold if detector.orientation == "higher" else s.rho <= detector.threshold
-        candidate = recovered_labels(s.per_class, detector.recovery, s.competitors)
-        recovered = torch.where(flagged, candidate, s.predicted)
-        top = s.per_class.gather(1, s.competitors)
-        for j, position in enumerate(ok):
-            scored[position] = dict(predicted=int(s.predicted[j]), rho=float(s.rho[j]), perturbed=bool(flagged[j]),
-                                    recovered=int(recovered[j]), top_classes=s.competitors[j].tolist(),
-                                    top_curvatures=top[j].double().tolist())
+    for position, (scores, error) in zip(ok, _score_each_finite(detector, batch.images[ok])):
+        if error:
+            errors[position] = error
+            continue
+        decision = detector.decide(scores)
+        scored[position] = dict(predicted=int(decision.predicted[0]), rho=float(decision.rho[0]),
+                                perturbed=bool(decision.perturbed[0]), recovered=int(decision.recovered[0]),
+                                top_classes=scores.competitors[0].tolist(),
+                                top_curvatures=scores.per_class[0].gather(0, scores.competitors[0]).double().tolist())
     rows = []
-    for position, (index, error) in enumerate(zip(batch.indices, batch.errors)):
+    for position, (index, error) in enumerate(zip(batch.indices, errors)):
         row = dict(index=index, path=source.name(index), label=source.label(index), error=error or None)
         row.update(scored.get(position, dict(predicted=None, rho=None, perturbed=None, recovered=None,
                                              top_classes=None, top_curvatures=None)))
@@ -120,15 +140,33 @@ def _rows(detector: CurvatureDetector, source: FolderSource, batch: Batch) -> li
     return rows
 
 
+def _score_each_finite(detector: CurvatureDetector, x: torch.Tensor) -> list[tuple]:
+    """``(scores of one image, "")`` per image of ``x``; an image whose curvature is not finite
+    (e.g. a zero class gradient) gets ``(None, reason)`` instead of stopping the batch."""
+    if x.shape[0] == 0:
+        return []
+    try:
+        s = _score(detector, x)
+    except FloatingPointError:
+        if x.shape[0] == 1:
+            return [(None, "non-finite curvature (a class gradient is zero or the model overflows here)")]
+        return [item for i in range(x.shape[0]) for item in _score_each_finite(detector, x[i : i + 1])]
+    return [(Scores(s.rho[i : i + 1], s.per_class[i : i + 1], s.predicted[i : i + 1], s.competitors[i : i + 1]), "")
+            for i in range(x.shape[0])]
+
+
 def _score(detector: CurvatureDetector, x: torch.Tensor):
     """``detector.score(x)``; on a device out-of-memory error the detector's batch size is
     halved (logged) and the images scored again, down to one image at a time."""
     while True:
+        out_of_memory = False
         try:
             return detector.score(x)
         except torch.OutOfMemoryError:
             if detector.batch_size == 1:
                 raise
+            out_of_memory = True  # cleaned up below, once the failed attempt's frames are released
+        if out_of_memory:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             detector.batch_size = max(1, detector.batch_size // 2)

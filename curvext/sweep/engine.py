@@ -6,8 +6,9 @@ Rank r of a world of W processes takes the chunks i with ``i % W == r`` (from ``
 ``DistributedSampler``, every item belongs to exactly one chunk and every chunk to one rank.
 Independent processes started on the same output folder share the work through claims
 (:mod:`curvext.sweep.parts`). When the job is a ``torchrun`` job, the ranks meet at a barrier at
-the end and rank 0 alone writes the summary; otherwise the process that finds every part present
-writes it.
+the end (their only communication, over gloo) and rank 0 alone writes the summary; otherwise a
+process that finds every part present writes it (two independent processes finishing together
+may both write it, each in one step, with the same content).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from curvext.sweep.parts import PartStore
+from curvext.sweep.parts import ClaimLost, PartStore
 
 logger = logging.getLogger(__name__)
 
@@ -76,12 +77,16 @@ class Chunks:
 class SweepStatus:
     """computed: chunks this process computed; skipped: chunks it found done or held by another
     process; missing: chunks without a part at the end; leader: whether this process writes the
-    summary (every part present and, in a torchrun job, rank 0)."""
+    summary (every part present and, in a torchrun job, rank 0); owned_missing: missing chunks of
+    this process's shard (held by another live process, or abandoned); joined_group: whether
+    the engine joined a torchrun process group (:func:`stop_distributed` leaves it)."""
 
     computed: int
     skipped: int
     missing: int
     leader: bool
+    owned_missing: int = 0
+    joined_group: bool = False
 
 
 def run_chunks(store: PartStore, chunks: Chunks, compute: Callable[[range, Callable[[], None]], object], *,
@@ -101,31 +106,39 @@ def run_chunks(store: PartStore, chunks: Chunks, compute: Callable[[range, Calla
         if not store.done(chunk):
             with store.claimed(chunk) as claim:
                 if claim is not None and not store.done(chunk):  # else another process has it or just did it
-                    store.write(chunk, compute(items, claim.refresh))
-                    done_here = True
+                    try:
+                        table = compute(items, claim.refresh)
+                        claim.check()
+                    except ClaimLost as lost:
+                        logger.warning("chunk %d abandoned: %s", chunk, lost)
+                    else:
+                        store.write(chunk, table)
+                        done_here = True
         computed += done_here
         skipped += not done_here
         if not done_here and on_skipped is not None:
             on_skipped(len(items))
-    distributed = _barrier()
-    missing = len(store.missing(chunks.count))
-    leader = missing == 0 and (not distributed or dist.get_rank() == 0)
-    return SweepStatus(computed, skipped, missing, leader)
+    distributed, joined = _barrier()
+    missing = store.missing(chunks.count)
+    leader = not missing and (not distributed or dist.get_rank() == 0)
+    owned_missing = sum(shard.owns(i) for i in missing)
+    return SweepStatus(computed, skipped, len(missing), leader, owned_missing, joined)
 
 
-def _barrier() -> bool:
-    """In a torchrun job, wait for every rank (joining the job's process group on first use, with
-    gloo, whatever the device: only this barrier crosses processes). False outside one."""
+def _barrier() -> tuple[bool, bool]:
+    """In a torchrun job, wait for every rank, joining the job's process group with gloo if the
+    caller has not (only this barrier crosses processes). ``(in a torchrun job, joined here)``."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or "MASTER_ADDR" not in os.environ:
-        return False
-    if not dist.is_initialized():
+        return False, False
+    joined = not dist.is_initialized()
+    if joined:
         # A long sweep's ranks finish at different times: the barrier may wait for hours.
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
     dist.barrier()
-    return True
+    return True, joined
 
 
-def stop_distributed() -> None:
-    """Leave the process group :func:`run_chunks` joined, if any."""
-    if dist.is_available() and dist.is_initialized():
+def stop_distributed(status: SweepStatus) -> None:
+    """Leave the process group that :func:`run_chunks` joined, if it did (never the caller's own)."""
+    if status.joined_group and dist.is_initialized():
         dist.destroy_process_group()

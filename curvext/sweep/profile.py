@@ -53,7 +53,8 @@ def profile_dataset(model: torch.nn.Module, source, out: str | os.PathLike, sett
                     progress: bool = False) -> ProfileResult:
     """Profiles of every image of ``source`` (a :mod:`curvext.sweep.sources` source) in chunks of
     ``chunk_size``; a rerun computes only the missing parts. Rows: image (index), name, rank,
-    curvature (ascending per image), cls, base, grad_norm, converged."""
+    curvature (ascending per image), cls, base, grad_norm, converged, error (why an image could not
+    be read; its curvatures are NaN)."""
     if table_format not in ("parquet", "csv"):
         raise ValueError(f"table_format must be 'parquet' or 'csv', got {table_format!r}")
     device = torch.device(device or "cpu")
@@ -75,11 +76,15 @@ def profile_dataset(model: torch.nn.Module, source, out: str | os.PathLike, sett
             heartbeat()
             bar.update(len(batch.indices))
         pa = optional_import("pyarrow")
-        return pa.Table.from_pandas(optional_import("pandas").concat(frames, ignore_index=True), preserve_index=False)
+        schema = pa.schema([("image", pa.int64()), ("name", pa.string()), ("rank", pa.int64()),
+                            ("curvature", pa.float64()), ("cls", pa.int64()), ("base", pa.int64()),
+                            ("grad_norm", pa.float64()), ("converged", pa.bool_()), ("error", pa.string())])
+        frame = optional_import("pandas").concat(frames, ignore_index=True)
+        return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
     status = run_chunks(store, chunks, compute, shard=shard, on_skipped=bar.update)
     bar.close()
-    stop_distributed()
+    stop_distributed(status)
     if not status.leader:
         return ProfileResult(status, None)
     table = store.read(chunks.count).to_pandas()
@@ -87,21 +92,39 @@ def profile_dataset(model: torch.nn.Module, source, out: str | os.PathLike, sett
 
 
 def _rows(model, source, batch, settings: ProfileSettings):
+    """The rows of one batch; an image that could not be read gets NaN curvatures and its error."""
     pd = optional_import("pandas")
-    prof = principal_curvatures(model, batch.images, k=settings.k, at=settings.at, method=settings.method,
-                                h=settings.h if settings.method == "fd" else None, full=settings.full)
-    B, m = prof.values.shape
-    index = torch.tensor(batch.indices)
-    return pd.DataFrame({
-        "image": index.repeat_interleave(m).numpy(),
-        "name": np.repeat([source.name(i) for i in batch.indices], m),
-        "rank": torch.arange(m).repeat(B).numpy(),
-        "curvature": prof.values.double().flatten().cpu().numpy(),
-        "cls": prof.cls.repeat_interleave(m).cpu().numpy(),
-        "base": prof.base.repeat_interleave(m).cpu().numpy(),
-        "grad_norm": prof.grad_norm.double().repeat_interleave(m).cpu().numpy(),
-        "converged": prof.converged.flatten().cpu().numpy(),
-    })
+    ok = [i for i, e in enumerate(batch.errors) if not e]
+    frames = []
+    if ok:
+        prof = principal_curvatures(model, batch.images[ok], k=settings.k, at=settings.at, method=settings.method,
+                                    h=settings.h if settings.method == "fd" else None, full=settings.full)
+        B, m = prof.values.shape
+        index = torch.tensor([batch.indices[i] for i in ok])
+        frames.append(pd.DataFrame({
+            "image": index.repeat_interleave(m).numpy(),
+            "name": np.repeat([source.name(int(i)) for i in index], m),
+            "rank": torch.arange(m).repeat(B).numpy(),
+            "curvature": prof.values.double().flatten().cpu().numpy(),
+            "cls": prof.cls.repeat_interleave(m).cpu().numpy(),
+            "base": prof.base.repeat_interleave(m).cpu().numpy(),
+            "grad_norm": prof.grad_norm.double().repeat_interleave(m).cpu().numpy(),
+            "converged": prof.converged.flatten().cpu().numpy(),
+            "error": None,
+        }))
+    bad = [i for i, e in enumerate(batch.errors) if e]
+    if bad:
+        if frames:
+            m = int(frames[0]["rank"].max()) + 1
+        else:
+            m = batch.images[0].numel() - 1 if settings.full else 2 * settings.k
+        frames.append(pd.DataFrame({
+            "image": np.repeat([batch.indices[i] for i in bad], m),
+            "name": np.repeat([source.name(batch.indices[i]) for i in bad], m),
+            "rank": np.tile(np.arange(m), len(bad)), "curvature": np.nan, "cls": -1, "base": -1,
+            "grad_norm": np.nan, "converged": False, "error": np.repeat([batch.errors[i] for i in bad], m),
+        }))
+    return pd.concat(frames, ignore_index=True).sort_values(["image", "rank"], kind="stable", ignore_index=True)
 
 
 def _write_outputs(table, out: Path, settings: ProfileSettings, table_format: str,

@@ -71,7 +71,8 @@ class FolderSource:
         return None if self.manifest.labels is None else self.manifest.labels[index]
 
     def identity(self) -> dict:
-        digest = hashlib.sha256("\n".join(self.manifest.paths).encode()).hexdigest()[:16]
+        listing = "\n".join(self.manifest.paths) + f"\n{self.manifest.labels}\n{self.manifest.classes}"
+        digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
         return {"files": digest, "count": len(self.manifest), "preprocessing": self.preprocessing.to_dict()}
 
     def batches(self, items: Sequence[int], batch_size: int, device) -> Iterator[Batch]:

@@ -118,8 +118,8 @@ def test_compiled_results_that_differ_from_eager_ones_are_replaced_by_them(caplo
     with caplog.at_level("WARNING", logger="curvext.curvature.compiled_sums"):
         compiled = det.score(x)
     torch.testing.assert_close(compiled.rho, eager.rho, rtol=1e-10, atol=1e-12)
-    if det._compiled_sums.failed:  # the compiler's bug, caught on the first group
-        assert "differ from the eager ones" in caplog.text
+    if det._compiled_sums.failed:  # the compiler's bug caught on the first group, or no compiler at all
+        assert "differ from the eager ones" in caplog.text or "could not compile" in caplog.text
 
 
 def test_the_first_compiled_group_is_checked_against_the_eager_sums(monkeypatch, caplog):

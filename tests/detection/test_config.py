@@ -22,10 +22,10 @@ from tests.curvature.test_quadratic_forms import SmoothNet
     (dict(classes=0), "classes"),
     (dict(batch_size=True), "batch_size"),
     (dict(deflation_k=-1), "deflation_k"),
-    (dict(h=0.0), "h"),
-    (dict(h=float("inf")), "h"),
-    (dict(h=float("nan")), "h"),
-    (dict(h="0.1"), "h"),
+    (dict(h=0.0), "^h must"),
+    (dict(h=float("inf")), "^h must"),
+    (dict(h=float("nan")), "^h must"),
+    (dict(h="0.1"), "^h must"),
     (dict(probe_eps=-1.0), "probe_eps"),
     (dict(probe_eps=float("inf")), "probe_eps"),
     (dict(seed=1.5), "seed"),
@@ -52,7 +52,7 @@ def test_frozen_replace_and_round_trip():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.h = 0.1
     assert cfg.replace(h=0.1).h == 0.1 and cfg.h == 0.02
-    with pytest.raises(ValueError, match="h"):
+    with pytest.raises(ValueError, match="^h must"):
         cfg.replace(h=-1)
     assert DetectorConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown detector settings"):
@@ -65,10 +65,20 @@ def test_detector_attributes_read_and_replace_the_config():
     assert det.num_directions == 3 and det.config.method == "fd2"
     det.h = 0.2
     assert det.config.h == 0.2
-    with pytest.raises(ValueError, match="h"):
+    with pytest.raises(ValueError, match="^h must"):
         det.h = float("inf")
     assert det.config.h == 0.2
     base = DetectorConfig(num_directions=5, method="autograd")
     assert CurvatureDetector(model, base, seed=3).config == base.replace(seed=3)
     with pytest.raises(TypeError, match="config"):
         CurvatureDetector(model, {"num_directions": 3})
+
+
+def test_a_new_method_takes_its_default_scale_unless_h_was_set():
+    assert DetectorConfig(method="autograd").replace(method="fd2").h == DEFAULT_SCALE
+    assert DetectorConfig().replace(method="autograd").h == 0.0
+    assert DetectorConfig(h=0.3).replace(method="fd").h == 0.3
+    model = SmoothNet(torch.nn.Softplus()).eval()
+    det = CurvatureDetector(model, method="autograd")
+    det.method = "fd"
+    assert det.config.h == DEFAULT_SCALE

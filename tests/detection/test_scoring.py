@@ -17,8 +17,8 @@ def test_scores_are_the_same_under_no_grad(method):
     expected = det.score(x)
     with torch.no_grad():
         got = det.score(x)
+        assert not torch.is_grad_enabled()  # the caller's mode is left as it was
     torch.testing.assert_close(got.rho, expected.rho, rtol=1e-12, atol=0)
-    assert torch.is_grad_enabled()
 
 
 def test_inference_mode_is_refused_with_the_reason():
