@@ -12,9 +12,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH_PIN)
-	# the core dependencies, the extras eval, test and bench of pyproject.toml, and the build tools
-	$(BIN)/pip install -q numpy scikit-learn pillow pandas pyarrow matplotlib tqdm \
-	    pytest pytest-benchmark scipy foolbox torchattacks ruff linear-operator ninja pybind11
+	# the core dependencies, the extras eval, lightning, test and bench of pyproject.toml, and the build tools
+	# (torch pinned again so that lightning does not upgrade it)
+	$(BIN)/pip install -q numpy scikit-learn pillow pandas pyarrow matplotlib tqdm tensorboard lightning \
+	    pytest pytest-benchmark scipy foolbox torchattacks ruff linear-operator ninja pybind11 $(TORCH_PIN)
 
 venv: $(BIN)/python
 

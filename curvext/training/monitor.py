@@ -136,6 +136,7 @@ class CurvatureMonitor:
 
     Attributes:
         history: list of the records, oldest first (``pandas.DataFrame(monitor.history)``).
+        calls: the number of :meth:`step` calls so far (the default step number).
         methods: ``(curvature method, rho method)`` resolved from ``method``.
     """
 
@@ -178,7 +179,7 @@ class CurvatureMonitor:
         self.measures = measures
         self.writer, self.callback, self.tag = writer, callback, tag
         self.history: list[dict] = []
-        self._calls = 0
+        self.calls = 0
 
     def due(self, step: int) -> bool:
         """Whether :meth:`step` measures at ``step``."""
@@ -190,10 +191,10 @@ class CurvatureMonitor:
         (a dict: ``step``, ``images``, ``seconds`` and ``f"{measure}_{median|max}"``) at the
         steps it measures, else None."""
         if step is None:
-            step = self._calls
+            step = self.calls
         elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be None or an int >= 0, got {step!r}")
-        self._calls += 1
+        self.calls += 1
         if not self.due(step):
             return None
         record = self.measure(x, y, step)
