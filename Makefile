@@ -6,7 +6,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: venv build build-cpu test lint demo bench gpu-check clean
+.PHONY: venv build build-cpu test lint demo bench robust-example gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,10 @@ demo: build
 
 bench: build
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only
+
+# Robust training with the curvature penalty on digits; ARGS="--dataset mnist --data-dir DIR" for MNIST.
+robust-example: build
+	$(BIN)/python examples/robust_training.py $(ARGS)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh

@@ -51,3 +51,15 @@ def test_hvp_benchmark_runs(capsys):
     text = capsys.readouterr().out
     for method in ("autograd (cached graph)", "forward-over-reverse", "fd2 (quadratic form)"):
         assert f"| {method} |" in text
+
+
+def test_training_monitor_benchmark_runs(tmp_path):
+    out = tmp_path / "monitor.md"
+    load("bench_training_monitor").main(["--mnist", str(tmp_path / "no-mnist"), "--train-limit", "192", "--every", "2",
+                                         "--images", "4", "--repeats", "1", "--out", str(out), "--default-malloc"])
+    text = out.read_text()
+    assert "digits LeNet, one epoch of 192 images (3 steps of 64)" in text
+    row = re.search(r"\| LeNet relu \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| 2 \| yes \|", text)
+    assert row and float(row.group(3)) > 0  # records at steps 0 and 2; the same weights with the monitor
+    for measure in ("curvature", "rho", "grad_norm", "all three"):
+        assert f"| {measure} |" in text
