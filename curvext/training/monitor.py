@@ -86,7 +86,8 @@ def measuring(model: torch.nn.Module, device: torch.device):
     with torch.random.fork_rng(devices=[device] if accelerator else [],
                                device_type=device.type if accelerator else "cuda"):
         try:
-            model.train(False)
+            for m, _ in modes:  # flags, not train(False): no override's side effects, and torch.export
+                m.training = False  # modules refuse train()
             for p in params:
                 p.requires_grad_(False)
             with torch.enable_grad():
