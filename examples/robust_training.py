@@ -14,7 +14,8 @@ first ``--images`` test images:
 * principal curvatures at those boundary points (``curvext.principal_curvatures``, k = 1, the
   most negative and the most positive; docs/method.md §1 sign convention), exact for smooth
   nets and by finite differences at the detector's default scale for ReLU nets, and by finite
-  differences at the penalty's own step h for both;
+  differences at the penalty's own step h for both; and ``||grad F||`` there, the scale the
+  curvature operator divides by;
 * PGD accuracy (40 steps, random start) at l-inf 0.1 and 0.2 and at l2 1.0;
 * training seconds per epoch.
 
@@ -90,15 +91,17 @@ def median(values: torch.Tensor) -> float:
 
 
 def curvatures(model, points, pair, method, h, seed) -> torch.Tensor:
-    """``(n, 2)``: the most negative and most positive principal curvature at each point. Where
+    """``(n, 3)``: the most negative and most positive principal curvature at each point, and
+    ``||grad F||`` there. Where
     Lanczos fails on a finite-difference operator (it can return exactly zero for a Lanczos
     vector, whose breakdown the solver then misses), the batch is split in halves, down to
     single points, which are left NaN."""
     try:
-        return principal_curvatures(model, points, k=1, at="input", pair=pair, method=method, h=h, seed=seed).values
+        prof = principal_curvatures(model, points, k=1, at="input", pair=pair, method=method, h=h, seed=seed)
+        return torch.cat([prof.values, prof.grad_norm[:, None]], dim=1)
     except FloatingPointError:
         if points.shape[0] == 1:
-            return torch.full((1, 2), math.nan, dtype=points.dtype)
+            return torch.full((1, 3), math.nan, dtype=points.dtype)
         m = points.shape[0] // 2
         return torch.cat([curvatures(model, points[:m], (pair[0][:m], pair[1][:m]), method, h, seed),
                           curvatures(model, points[m:], (pair[0][m:], pair[1][m:]), method, h, seed)])
@@ -117,7 +120,8 @@ def measure(model, activation, test_ds, images: int, h: float, seed: int) -> dic
     for key, (method, scale) in (("exact", exact), ("at_h", ("fd", h))):
         values = curvatures(model, points, pair, method, scale, seed)
         out[f"kmin_{key}"], out[f"kmax_{key}"] = median(values[:, 0]), median(values[:, 1])
-        out[f"kabs_{key}"] = median(values.abs().amax(dim=1))
+        out[f"kabs_{key}"] = median(values[:, :2].abs().amax(dim=1))
+        out["grad_norm"] = median(values[:, 2])
         out["unmeasured"] += int(torch.isnan(values[:, 0]).sum())
     for norm, eps in ATTACKS:
         adv = pgd(model, x, y, eps=eps, norm=norm, steps=40, seed=seed)
@@ -127,13 +131,13 @@ def measure(model, activation, test_ds, images: int, h: float, seed: int) -> dic
 
 def table(rows: list[tuple[str, float, dict, float]], h: float, images: int) -> list[str]:
     head = ("| model | lam | clean acc | median DeepFool l2 | median max abs kappa (exact / fd 0.05) | "
-            f"median kappa_min, kappa_max | median max abs kappa (fd h={h:g}) | "
+            f"median kappa_min, kappa_max | median max abs kappa (fd h={h:g}) | median grad F norm | "
             + " | ".join(f"PGD {n} {e:g} acc" for n, e in ATTACKS) + " | s/epoch |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, lam, m, seconds in rows:
         lines.append(
             f"| {name} | {lam:g} | {m['accuracy']:.3f} | {m['deepfool']:.3f} | {m['kabs_exact']:.3g} | "
-            f"{m['kmin_exact']:.3g}, {m['kmax_exact']:.3g} | {m['kabs_at_h']:.3g} | "
+            f"{m['kmin_exact']:.3g}, {m['kmax_exact']:.3g} | {m['kabs_at_h']:.3g} | {m['grad_norm']:.3g} | "
             + " | ".join(f"{m[f'pgd_{n}_{e:g}']:.3f}" for n, e in ATTACKS) + f" | {seconds:.1f} |")
     lines.append("")
     unmeasured = sum(m["unmeasured"] for _, _, m, _ in rows)
