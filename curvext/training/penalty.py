@@ -21,7 +21,9 @@ Both kinds measure the curvature of the *loss* in input space, ``l_b(x) = loss(f
   diagonal, which BatchNorm using batch statistics (train mode) breaks; it refuses such a model
   (call it under ``model.eval()`` or use ``"cure"``).
 
-BatchNorm running statistics are not updated by the penalty's forward passes.
+BatchNorm running statistics are not updated by the penalty's forward passes. Dropout in train
+mode draws its own masks in each of them (from the global RNG): "cure"'s two passes then differ
+by their masks too; "eig" runs one forward pass.
 """
 from __future__ import annotations
 
