@@ -6,15 +6,16 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export MAX_JOBS ?= 2
 
-.PHONY: venv build build-cpu test lint demo bench gpu-check clean
+.PHONY: venv build build-cpu test lint demo bench robust-example gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "setuptools>=64" wheel
 	$(BIN)/pip install -q $(TORCH_PIN)
-	# the core dependencies, the extras eval, test and bench of pyproject.toml, and the build tools
-	$(BIN)/pip install -q numpy scikit-learn pillow pandas pyarrow matplotlib tqdm \
-	    pytest pytest-benchmark scipy foolbox torchattacks ruff linear-operator ninja pybind11
+	# the core dependencies, the extras eval, lightning, test and bench of pyproject.toml, and the build tools
+	# (torch pinned again so that lightning does not upgrade it)
+	$(BIN)/pip install -q numpy scikit-learn pillow pandas pyarrow matplotlib tqdm tensorboard lightning \
+	    pytest pytest-benchmark scipy foolbox torchattacks ruff linear-operator ninja pybind11 $(TORCH_PIN)
 
 venv: $(BIN)/python
 
@@ -45,6 +46,10 @@ demo: build
 
 bench: build
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only
+
+# Robust training with the curvature penalty on digits; ARGS="--dataset mnist --data-dir DIR" for MNIST.
+robust-example: build
+	$(BIN)/python examples/robust_training.py $(ARGS)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh

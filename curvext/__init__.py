@@ -7,7 +7,7 @@ region that is locally convex has positive principal curvatures.
 Importing curvext loads the compiled ops (a clear ImportError says how to build them if they are
 missing) and the eigensolvers; every other public name is imported on first use. The
 subpackages, bottom to top: ``utils``; ``linalg``, ``autodiff``, ``data``; ``curvature``;
-``geometry``; ``adversarial``; ``detection``; ``evaluation``; ``commands``.
+``geometry``; ``adversarial``; ``detection``; ``evaluation``, ``training``; ``commands``.
 """
 import importlib
 
@@ -51,6 +51,9 @@ _LAZY = {
     "feature_squeezing_score": "curvext.adversarial.baselines",
     "runner_up_labels": "curvext.adversarial.baselines",
     "detection_metrics": "curvext.detection.metrics",
+    # curvature in training loops
+    "CurvatureMonitor": "curvext.training.monitor",
+    "curvature_penalty": "curvext.training.penalty",
     # process settings
     "tune_cpu_allocator": "curvext.utils.cpu_allocator",
 }

@@ -61,3 +61,15 @@ def test_sweep_benchmark_runs(tmp_path, capsys):
     assert "6 forward and 6 forward+backward passes" in text and text == capsys.readouterr().out
     row = re.search(r"\| 0 \| 2 \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", text)
     assert row and all(float(v) > 0 for v in row.groups())
+
+
+def test_training_monitor_benchmark_runs(tmp_path):
+    out = tmp_path / "monitor.md"
+    load("bench_training_monitor").main(["--mnist", str(tmp_path / "no-mnist"), "--train-limit", "192", "--every", "2",
+                                         "--images", "4", "--repeats", "1", "--out", str(out), "--default-malloc"])
+    text = out.read_text()
+    assert "digits LeNet, one epoch of 192 images (3 steps of 64)" in text
+    row = re.search(r"\| LeNet relu \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| 2 \| yes \|", text)
+    assert row and float(row.group(3)) > 0  # records at steps 0 and 2; the same weights with the monitor
+    for measure in ("curvature", "rho", "grad_norm", "all three"):
+        assert f"| {measure} |" in text

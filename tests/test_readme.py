@@ -22,7 +22,7 @@ def run_block(marker: str) -> dict:
 
 
 def test_every_python_block_is_covered():
-    markers = ("curvext.lanczos(", "curvext.CurvatureDetector(")
+    markers = ("curvext.lanczos(", "curvext.CurvatureDetector(", "curvext.CurvatureMonitor(")
     for block in python_blocks():
         assert any(m in block for m in markers), f"README python block not run by a test:\n{block[:200]}"
 
@@ -52,3 +52,12 @@ def test_detection_example(tmp_path, monkeypatch):
     # Calibrated on clean images at 5% FPR: most of these clean images are not flagged.
     assert float(out.perturbed.float().mean()) < 0.2
     assert ns["det"].h in ns["curvext"].detection.PROBE_SCALES
+
+
+def test_training_loop_example():
+    ns = run_block("curvext.CurvatureMonitor(")
+    history = ns["monitor"].history
+    assert [r["step"] for r in history] == [0, 10, 20]
+    for name in ("curvature", "rho", "grad_norm"):
+        assert all(torch.isfinite(torch.tensor([r[f"{name}_median"], r[f"{name}_max"]])).all() for r in history)
+    assert ns["model"].training  # the monitor gave the model back in train mode
