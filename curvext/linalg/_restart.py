@@ -1,0 +1,107 @@
+"""Thick restart of a Lanczos basis (Wu & Simon 2000), for the samples whose basis is full.
+
+From the Ritz decomposition ``T = S diag(theta) S^T`` of a full basis ``Q`` (M vectors and the
+residual vector ``q_M``), a sample keeps l Ritz vectors ``Y = Q S_kept``: its k wanted ones and
+the next ones in the same direction, with the converged wanted ones first. Then
+``A Y = Y diag(theta_kept) + q_M s^T`` with ``s = beta_{M-1} S[M-1, kept]``: the projected matrix
+of ``[Y, q_M]`` is an arrowhead. ``curvext::arrowhead_tridiag`` rotates it to tridiagonal form
+(``W^T diag(theta) W`` tridiagonal, ``W^T s = ||s|| e_{l-1}``), so the new basis
+``[Y W, q_M]`` continues as an ordinary Lanczos run from row l, its coupling ``||s||`` in
+``beta[l-1]``. Locking: converged wanted pairs enter with ``s_i = 0`` (their residual, at most
+tol * max|theta|, is kept in ``dropped``), which leaves them decoupled and untouched from then on.
+"""
+from __future__ import annotations
+
+import torch
+
+from curvext import _ops
+
+# Temporary storage of the basis rotation, in elements: it runs over column blocks of the basis
+# so that the run's memory stays B x (basis_size + 1) x n plus this much.
+ROTATION_BLOCK = 1 << 24
+
+
+def keep_order(theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
+    """``(b, m)`` column indices of ``theta (b, m)`` (ascending) in the order a restart keeps
+    them: the k wanted ones first (those of :func:`curvext.linalg._selection.select`), then the
+    next ones from the same end(s). "BE" takes them from the two ends in proportion
+    ceil(k/2) : floor(k/2)."""
+    b, m = theta.shape
+    dev = theta.device
+    cols = torch.arange(m, device=dev)
+    if which == "LM":
+        return torch.argsort(theta.abs(), dim=1, descending=True, stable=True)
+    if which == "LA":
+        return cols.flip(0).expand(b, m)
+    if which == "SA":
+        return cols.expand(b, m)
+    hi, lo = (k + 1) // 2, k // 2
+    top = (m - 1 - cols).double() / hi
+    bottom = cols.double() / lo if lo else torch.full((m,), float("inf"), device=dev)
+    return torch.argsort(torch.minimum(top, bottom), stable=True).expand(b, m)
+
+
+def kept_count(nconv: torch.Tensor, k: int, M: int) -> torch.Tensor:
+    """How many Ritz vectors a restart keeps: the converged ones and half of the rest of the
+    basis (as SLEPc's Krylov-Schur does), at least k + 1 and at most M - 1 (one new vector)."""
+    return torch.clamp(nconv + (M - nconv) // 2, min=k + 1).clamp(max=M - 1)
+
+
+def thick_restart(basis, alpha, beta, dropped, rows, theta, S, bound, scale, k: int, which: str, tol: float):
+    """Restart samples ``rows`` (device index) whose T has the full size M = ``theta.shape[1]``.
+
+    ``theta (b, M), S (b, M, M), bound (b, M)``: their Ritz decomposition and residual bounds
+    (:func:`curvext.linalg._ritz.ritz_pairs`); ``scale (B,)`` the running max|theta|. Rewrites
+    rows 0..l of their basis, alpha, beta and dropped in place; returns the new sizes l
+    ``(b,)`` int64 on the host (their next step starts from row l).
+    """
+    b, M = theta.shape
+    dev = theta.device
+    order = keep_order(theta, k, which)
+    locked = torch.zeros(b, M, dtype=torch.bool, device=dev)
+    locked[:, :k] = bound.gather(1, order[:, :k]) <= tol * scale[rows].view(b, 1)
+    keep = kept_count(locked.sum(dim=1), k, M)
+    keep_host = keep.cpu()
+    L = int(keep_host.max())
+    # Locked first (then the priority order): a zero prefix of the border stays untouched.
+    rank = torch.arange(M, device=dev).view(1, M)
+    perm = torch.argsort(torch.where(locked, rank - M, rank), dim=1, stable=True)[:, :L]
+    cols = order.gather(1, perm)
+    inside = torch.arange(L, device=dev).view(1, L) < keep.view(b, 1)
+    is_locked = locked.gather(1, perm) & inside
+    zero = torch.zeros((), dtype=theta.dtype, device=dev)
+    S_kept = torch.where(inside.view(b, 1, L), S.gather(2, cols.view(b, 1, L).expand(b, M, L)), zero)
+    border = beta[rows, M - 1].view(b, 1) * S_kept[:, M - 1, :]
+    # What each kept vector's relation leaves out: inherited from locked rows it mixes, plus its
+    # own residual if it is locked now.
+    carried = (S_kept.abs().transpose(1, 2) @ dropped[rows, :M].unsqueeze(2)).squeeze(2)
+    carried = carried + torch.where(is_locked, border.abs(), zero)
+    border = torch.where(is_locked | ~inside, zero, border)
+    diag = torch.where(inside, theta.gather(1, cols), zero)
+    a_new, b_new, W = _ops.ops.arrowhead_tridiag(diag.contiguous(), border.contiguous(), keep)
+    rotate_basis(basis, rows, S_kept @ W, keep)
+    alpha[rows, :L] = a_new
+    beta[rows, :L] = b_new
+    new_dropped = torch.zeros(b, dropped.shape[1], dtype=dropped.dtype, device=dev)
+    new_dropped[:, :L] = (W.abs().transpose(1, 2) @ carried.unsqueeze(2)).squeeze(2)
+    dropped[rows] = new_dropped
+    return keep_host
+
+
+def rotate_basis(basis: torch.Tensor, rows: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> None:
+    """Rows 0..L-1 of the samples ``rows`` become ``sum_j C[:, j, i] basis[:, j]`` (j < M =
+    ``C.shape[1]``) and row ``keep[s]`` becomes the old row M, in column blocks through
+    ``curvext::ritz_vectors`` so that the temporary storage stays near :data:`ROTATION_BLOCK`."""
+    B, _, n = basis.shape
+    b, M, L = C.shape
+    everyone = b == B and torch.equal(rows, torch.arange(B, device=rows.device))
+    width = max(1, ROTATION_BLOCK // (b * (M + L)))
+    for c0 in range(0, n, width):
+        c1 = min(n, c0 + width)
+        src = basis[:, :M, c0:c1] if everyone else basis[rows, :M, c0:c1]
+        out = _ops.ops.ritz_vectors(src, C)
+        if everyone:
+            basis[:, :L, c0:c1] = out
+        else:
+            basis[rows, :L, c0:c1] = out
+    basis[rows, keep.to(rows.device)] = basis[rows, M]
