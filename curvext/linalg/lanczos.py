@@ -122,7 +122,7 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
     state = _Run(basis, settings)
     state.iterate(op, shape)
     values, ritz, residuals, converged, scale = _ritz.assemble(
-        basis, state.alpha, state.beta, state.dropped, state.sizes, state.scale, k, which, tol, vectors,
+        basis, state.alpha, state.beta, state.locked_error, state.sizes, state.scale, k, which, tol, vectors,
         state.identity_rest, seed)
     eigenvectors = None if ritz is None else ritz.reshape((B, k) + tuple(shape))
     result = EigResult(values, eigenvectors, residuals, converged, state.steps)
@@ -140,9 +140,8 @@ class _Run:
         M = s["M"]
         self.alpha = torch.zeros(B, M, device=dev, dtype=dtype)
         self.beta = torch.zeros(B, M, device=dev, dtype=dtype)
-        self.dropped = torch.zeros(B, M, device=dev, dtype=dtype)  # what locking set aside, per row
+        self.locked_error = torch.zeros(B, device=dev, dtype=dtype)  # ||E|| of the locks (see _ritz)
         self.scale = torch.zeros(B, device=dev, dtype=dtype)  # running max|theta|
-        self.locked_any = False
         self.sizes = torch.zeros(B, dtype=torch.long)  # size of T = row the next step starts from
         self.rows_dev = None  # sizes on the device once restarts made them differ
         self.steps = torch.zeros(B, dtype=torch.long)
@@ -196,7 +195,7 @@ class _Run:
         eig = None
         if bool(full.any()):
             at = full.nonzero().flatten()
-            d, eig = _ritz.converged_general(self.alpha, self.beta, self.dropped, self.active[at.to(self.dev)],
+            d, eig = _ritz.converged_general(self.alpha, self.beta, self.locked_error, self.active[at.to(self.dev)],
                                              self.sizes[act[at]], s["k"], s["which"], s["tol"], self.scale)
             done[at.to(self.dev)] = d
         rest = ~full
@@ -204,12 +203,12 @@ class _Run:
             at = rest.nonzero().flatten()
             sizes = self.sizes[act[at]]
             rows = self.active if bool(rest.all()) else self.active[at.to(self.dev)]
-            if not self.locked_any and int(sizes.min()) == int(sizes.max()):
-                d = _ritz.converged_uniform(self.alpha, self.beta, rows, int(sizes[0]), s["k"], s["which"], s["tol"],
-                                            self.scale, everyone and bool(rest.all()))
+            if int(sizes.min()) == int(sizes.max()):
+                d = _ritz.converged_uniform(self.alpha, self.beta, self.locked_error, rows, int(sizes[0]), s["k"],
+                                            s["which"], s["tol"], self.scale, everyone and bool(rest.all()))
             else:
-                d, _ = _ritz.converged_general(self.alpha, self.beta, self.dropped, rows, sizes, s["k"], s["which"],
-                                               s["tol"], self.scale)
+                d, _ = _ritz.converged_general(self.alpha, self.beta, self.locked_error, rows, sizes, s["k"],
+                                               s["which"], s["tol"], self.scale)
             if bool(rest.all()):
                 done = d
             else:
@@ -239,11 +238,10 @@ class _Run:
             pick = among_full.nonzero().flatten().to(self.dev)
             theta, S, bound = (t[pick] for t in eig)
             rows = self.active[restart.nonzero().flatten().to(self.dev)]
-            kept = thick_restart(self.basis, self.alpha, self.beta, self.dropped, rows, theta, S, bound, self.scale,
-                                 s["k"], s["which"], s["tol"])
+            kept = thick_restart(self.basis, self.alpha, self.beta, self.locked_error, rows, theta, S, bound,
+                                 self.scale, s["k"], s["which"], s["tol"])
             self.sizes[act[restart]] = kept
             self.rows_dev = self.sizes.to(self.dev, copy=True)
-            self.locked_any = self.locked_any or bool((self.dropped[rows] > 0).any())
         if bool(finished.any()):
             self._stop(finished, m)
 
