@@ -12,7 +12,14 @@ subpackages, bottom to top: ``utils``; ``linalg``, ``autodiff``, ``data``; ``cur
 import importlib
 
 from curvext import _ops  # noqa: F401  (loads the compiled ops; a clear error if not built)
-from curvext.linalg import ConvergenceError, ConvergenceWarning, EigResult, lanczos, power_iteration, tridiag_eigh
+from curvext.linalg import (
+    ConvergenceError,
+    ConvergenceWarning,
+    EigResult,
+    lanczos,
+    power_iteration,
+    tridiag_eigh,
+)
 
 __version__ = "0.1.0"
 
