@@ -121,6 +121,8 @@ def lanczos(op: _operator.BatchedOperator, v0: torch.Tensor, *, k: int, which: s
     basis[:, 0] = flat0 / flat0.norm(dim=1, keepdim=True)
     state = _Run(basis, settings)
     state.iterate(op, shape)
+    if vectors:
+        _zero_unused_rows(basis, state.sizes)
     values, ritz, residuals, converged, scale = _ritz.assemble(
         basis, state.alpha, state.beta, state.locked_error, state.sizes, state.scale, k, which, tol, vectors,
         state.identity_rest, seed)
@@ -247,17 +249,21 @@ class _Run:
 
     def _stop(self, finished, m):
         """Samples ``finished`` (bool over the active ones) stop after m steps."""
-        stopped = self.active_host[finished]
-        self.steps[stopped] = m
-        # Rows past a sample's last vector are zeroed (the Ritz vectors are a GEMM over the
-        # longest run's rows; zero-filling the whole buffer up front costs ~a step's time).
-        for size in torch.unique(self.sizes[stopped]).tolist():
-            if size + 1 <= self.s["M"]:
-                these = stopped[self.sizes[stopped] == size].to(self.dev)
-                self.basis[these, size + 1 :] = 0
+        self.steps[self.active_host[finished]] = m
         keep = ~finished
         self.active_host = self.active_host[keep]
         self.active = self.active[keep.to(self.dev)]
+
+
+def _zero_unused_rows(basis, sizes) -> None:
+    """The Ritz vectors are a GEMM over the longest run's rows: rows past a sample's last vector
+    (never written, or left from before a restart) are zeroed up to there, no further (an
+    unrestarted run's unused rows stay untouched; zero-filling the whole buffer up front would
+    cost ~a step's time)."""
+    longest = int(sizes.max())
+    for size in torch.unique(sizes).tolist():
+        if size + 1 < longest:
+            basis[(sizes == size).nonzero().flatten().to(basis.device), size + 1 : longest] = 0
 
 
 def _report(result: EigResult, capped, scale, max_steps, tol, strict) -> None:
