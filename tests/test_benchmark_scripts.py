@@ -59,3 +59,14 @@ def test_hvp_benchmark_runs(capsys):
     text = capsys.readouterr().out
     for method in ("autograd (cached graph)", "forward-over-reverse", "fd2 (quadratic form)"):
         assert f"| {method} |" in text
+
+
+def test_lanczos_memory_benchmark_runs(tmp_path):
+    out = tmp_path / "memory.md"
+    load("bench_lanczos_memory").main(["--quick", "--cases", "cifar", "--out", str(out), "--default-malloc"])
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if "| cifar" in line]
+    assert len(rows) == 2 and all("| 100%" in line for line in rows)  # both runs converged every pair
+    errors = [float(e) for e in re.findall(r"dense error ([0-9.e+-]+)", text)]
+    assert len(errors) == 2 and max(errors) < 1e-4  # within tol of max|lambda| of the dense spectrum
+    assert re.search(r"values agree to [0-9.e+-]+ of max\|theta\|", text)
