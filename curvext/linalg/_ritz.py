@@ -20,9 +20,11 @@ from curvext.linalg._selection import select, worst_wanted
 def padded_tridiagonal(alpha, beta, sizes: torch.Tensor):
     """T of every sample padded to the longest with a decoupled diagonal above its spectrum.
 
-    ``sizes`` ``(b,)`` int64 on the host. The pad value exceeds the Gershgorin bound of the
-    sample's own T, so its real eigenvalues are the first ``sizes[s]`` of the ascending
-    spectrum, with eigenvectors supported on its first ``sizes[s]`` coordinates. Returns
+    ``sizes`` ``(b,)`` int64 on the host. The pad value is twice the Gershgorin bound of the
+    sample's own T (1 for a zero T), so its real eigenvalues are the first ``sizes[s]`` of the
+    ascending spectrum, with eigenvectors supported on its first ``sizes[s]`` coordinates; and
+    the padded matrix keeps the scale of T (bisection is accurate to ~eps times the padded norm:
+    a pad of order 1 cost T's of norm 1e-4 in float32 a relative error of ~1e-4). Returns
     ``(a (b, m), b (b, m-1), sizes on alpha's device)``.
     """
     m = int(sizes.max())
@@ -36,7 +38,7 @@ def padded_tridiagonal(alpha, beta, sizes: torch.Tensor):
     b = torch.where(b_inside, b, torch.zeros_like(b))
     a_real = torch.where(inside, a, torch.zeros_like(a))
     bound = a_real.abs().amax(dim=1) + 2 * (b.abs().amax(dim=1) if m > 1 else 0)
-    pad = (2 * bound + 1).view(-1, 1)
+    pad = torch.where(bound > 0, 2 * bound, torch.ones_like(bound)).view(-1, 1)
     a = torch.where(inside, a, pad.expand_as(a))
     return a.contiguous(), b.contiguous(), sizes
 

@@ -197,6 +197,20 @@ def test_float32_restarts():
     assert err.max() < 1e-5
 
 
+def test_padding_keeps_the_scale_of_small_operators():
+    """Samples of different sizes are solved as one padded batch: the pad must scale with T, or
+    float32 bisection (accurate to ~eps times the padded norm) loses a 1e-4-sized spectrum."""
+    rng = np.random.default_rng(3)
+    spectra = 1e-4 * np.sort(rng.standard_normal((4, 150)), axis=1)
+    spectra[0, -1] = 1e-3  # stops early: the others are padded past its size
+    A = dense_batch(spectra, dtype=torch.float32)
+    res = curvext.lanczos(batched_op(A), torch.randn(4, 150), k=3, which="LA", tol=1e-5, basis_size=150)
+    assert len(set(res.steps.tolist())) > 1
+    scale = np.abs(spectra).max(axis=1, keepdims=True)
+    err = np.abs(res.eigenvalues.double().numpy() - wanted(spectra, 3, "LA")) / scale
+    assert err.max() < 1e-5  # float32 Lanczos reaches ~1e-6 here; a pad of order 1 gave 4.5e-5
+
+
 def hard_and_easy(B=4, n=200):
     """Even samples: one value far above the rest (a few steps); odd samples: a tight cluster at
     the top (hundreds of steps at tol 1e-10)."""
