@@ -22,9 +22,9 @@ import torch
 from curvext import _ops
 
 # Temporary storage of the basis rotation, in elements: it runs over column blocks of the basis
-# so that the run's memory stays B x (basis_size + 1) x n plus at most this much, and at most an
-# eighth of the basis.
-ROTATION_BLOCK = 1 << 24
+# so that the run's memory stays B x (basis_size + 1) x n plus about this much (16 MiB in
+# float32), and at most an eighth of the basis.
+ROTATION_BLOCK = 1 << 22
 
 #: Share of the convergence tolerance that the couplings dropped by locking may use up.
 LOCK_SHARE = 0.1
@@ -110,12 +110,13 @@ def thick_restart(basis, alpha, beta, locked_error, rows, theta, S, bound, scale
 def rotate_basis(basis: torch.Tensor, rows: torch.Tensor, C: torch.Tensor, keep: torch.Tensor) -> None:
     """Rows 0..L-1 of the samples ``rows`` become ``sum_j C[:, j, i] basis[:, j]`` (j < M =
     ``C.shape[1]``) and row ``keep[s]`` becomes the old row M, in column blocks through
-    ``curvext::ritz_vectors``, so that the temporary storage stays within :data:`ROTATION_BLOCK`
+    ``curvext::ritz_vectors``, so that the temporary storage (a block of the old rows, copied
+    when the GEMM needs it contiguous, and of the new ones) stays within :data:`ROTATION_BLOCK`
     elements and an eighth of the basis (one column at least)."""
     B, _, n = basis.shape
     b, M, L = C.shape
     everyone = b == B and torch.equal(rows, torch.arange(B, device=rows.device))
-    width = max(1, min(ROTATION_BLOCK, basis.numel() // 8) // (b * (M + L)))
+    width = max(1, min(ROTATION_BLOCK, basis.numel() // 8) // (b * (2 * M + L)))
     for c0 in range(0, n, width):
         c1 = min(n, c0 + width)
         src = basis[:, :M, c0:c1] if everyone else basis[rows, :M, c0:c1]
