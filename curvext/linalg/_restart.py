@@ -22,8 +22,8 @@ import torch
 from curvext import _ops
 
 # Temporary storage of the basis rotation, in elements: it runs over column blocks of the basis
-# so that the run's memory stays B x (basis_size + 1) x n plus about this much (16 MiB in
-# float32), and at most an eighth of the basis.
+# so that the run's memory stays B x (basis_size + 1) x n plus at most this much (16 MiB in
+# float32) or a quarter of the basis, whichever is less.
 ROTATION_BLOCK = 1 << 22
 
 #: Share of the convergence tolerance that the couplings dropped by locking may use up.
@@ -112,11 +112,11 @@ def rotate_basis(basis: torch.Tensor, rows: torch.Tensor, C: torch.Tensor, keep:
     ``C.shape[1]``) and row ``keep[s]`` becomes the old row M, in column blocks through
     ``curvext::ritz_vectors``, so that the temporary storage (a block of the old rows, copied
     when the GEMM needs it contiguous, and of the new ones) stays within :data:`ROTATION_BLOCK`
-    elements and an eighth of the basis (one column at least)."""
+    elements and a quarter of the basis (one column at least)."""
     B, _, n = basis.shape
     b, M, L = C.shape
     everyone = b == B and torch.equal(rows, torch.arange(B, device=rows.device))
-    width = max(1, min(ROTATION_BLOCK, basis.numel() // 8) // (b * (2 * M + L)))
+    width = max(1, min(ROTATION_BLOCK, basis.numel() // 4) // (b * (2 * M + L)))
     for c0 in range(0, n, width):
         c1 = min(n, c0 + width)
         src = basis[:, :M, c0:c1] if everyone else basis[rows, :M, c0:c1]
