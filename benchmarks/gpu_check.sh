@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine: build curvext with its CUDA kernels, run the CUDA tests
 # (every CPU-vs-CUDA comparison and the device-parametrised tests), the compiled-core
-# benchmarks, the principal-curvature profiles against a per-image eigsh loop, collapsed Taylor
-# mode against forward-over-forward mode, Algorithm 2's ResNet-50 throughput on the GPU and a
-# `curvext detect` sweep over an image folder,
-# and print a short table. Results land in $OUT (the device tool's output folder) or
+# benchmarks, restarted against unrestarted Lanczos (peak torch.cuda.max_memory_allocated and
+# time at ImageNet size), the principal-curvature profiles against a per-image eigsh loop,
+# collapsed Taylor mode against forward-over-forward mode, Algorithm 2's ResNet-50 throughput
+# on the GPU and a `curvext detect` sweep over an image folder, and print a short table.
+# Results land in $OUT (the device tool's output folder) or
 # benchmarks/results/.
 #
 #   bash benchmarks/gpu_check.sh            # TORCH_CUDA_ARCH_LIST defaults to 9.0 here
@@ -42,6 +43,11 @@ echo "== kernel benchmarks on the GPU"
 $PY benchmarks/compare_core.py --device cuda --out "$RESULTS/gpu_core_$stamp.md" > "$RESULTS/gpu_bench.log" 2>&1
 bench_rc=$?
 
+echo "== restarted (basis_size=60) against unrestarted Lanczos: peak memory and time, B=64, d=3x224x224 and 3x32x32"
+$PY benchmarks/bench_lanczos_memory.py --device cuda --out "$RESULTS/gpu_lanczos_memory_$stamp.md" \
+  > "$RESULTS/gpu_memory.log" 2>&1
+memory_rc=$?
+
 echo "== principal-curvature profiles (64 images, 20 per end) against a per-image eigsh loop, on the GPU"
 $PY benchmarks/bench_profiles.py --device cuda --repeat 3 --out "$RESULTS/gpu_profiles_$stamp.md" \
   > "$RESULTS/gpu_profiles.log" 2>&1
@@ -67,6 +73,7 @@ echo "|---|---|"
 echo "| build (s) | $build_s |"
 echo "| CUDA tests | $summary |"
 echo "| benchmarks | $([ $bench_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_bench.log)") |"
+echo "| Lanczos memory | $([ $memory_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_memory.log)") |"
 echo "| profiles vs eigsh | $([ $profiles_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_profiles.log)") |"
 echo "| Taylor mode vs forward-over-forward | $([ $taylor_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_taylor.log)") |"
 echo "| ResNet-50 detection | $([ $detect_rc -eq 0 ] && echo ok || echo "FAILED (see gpu_detect.log)") |"
@@ -74,6 +81,9 @@ echo "| detect sweep | $([ $sweep_rc -eq 0 ] && echo ok || echo "FAILED (see gpu
 echo
 [ -f "$RESULTS/gpu_core_$stamp.md" ] && cat "$RESULTS/gpu_core_$stamp.md"
 [ $bench_rc -ne 0 ] && tail -30 "$RESULTS/gpu_bench.log"
+echo
+[ -f "$RESULTS/gpu_lanczos_memory_$stamp.md" ] && cat "$RESULTS/gpu_lanczos_memory_$stamp.md"
+[ $memory_rc -ne 0 ] && tail -30 "$RESULTS/gpu_memory.log"
 echo
 [ -f "$RESULTS/gpu_profiles_$stamp.md" ] && cat "$RESULTS/gpu_profiles_$stamp.md"
 [ $profiles_rc -ne 0 ] && tail -30 "$RESULTS/gpu_profiles.log"
@@ -86,4 +96,5 @@ echo
 echo
 [ -f "$RESULTS/gpu_sweep_$stamp.md" ] && cat "$RESULTS/gpu_sweep_$stamp.md"
 [ $sweep_rc -ne 0 ] && tail -30 "$RESULTS/gpu_sweep.log"
-exit $(( tests_rc != 0 || bench_rc != 0 || profiles_rc != 0 || taylor_rc != 0 || detect_rc != 0 || sweep_rc != 0 ))
+exit $(( tests_rc != 0 || bench_rc != 0 || memory_rc != 0 || profiles_rc != 0 || taylor_rc != 0 || detect_rc != 0 \
+         || sweep_rc != 0 ))

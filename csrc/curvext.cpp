@@ -17,9 +17,20 @@ TORCH_LIBRARY(curvext, m) {
   // 0 ok, 1 breakdown (invariant subspace; beta = 0 and q_{step+1} is a fresh direction
   // orthogonal to the basis), 2 breakdown with the whole space exhausted (q_{step+1} = 0),
   // 3 w has a non-finite entry (nothing else written).
+  // rows (b,) int64, optional: sample index[i] steps from its own row rows[i] <= step instead
+  // (a restarted run's samples sit at different rows; step then bounds them all).
   m.def(
       "lanczos_step(Tensor(a!) basis, Tensor w, Tensor(b!) alpha, Tensor(c!) beta, "
-      "Tensor index, int step, float breakdown_tol, int seed) -> Tensor");
+      "Tensor index, int step, float breakdown_tol, int seed, Tensor? rows=None) -> Tensor");
+
+  // Reduction of B bordered diagonal ("arrowhead") matrices to tridiagonal form by Givens
+  // rotations (curvext/arrowhead.h), the projected matrix of a thick restart.
+  // diag, border (B, L); sizes (B,) int64 in [0, L]. Problem s is the (p+1) x (p+1) matrix
+  // [[diag(d), a], [a^T, *]] with p = sizes[s], d = diag[s, :p], a = border[s, :p].
+  // Returns alpha (B, L), beta (B, L) and Z (B, L, L) orthogonal with Z^T diag(d) Z =
+  // tridiag(alpha[:p], beta[:p-1]) and Z^T a = beta[p-1] e_{p-1}, every beta >= 0; past p:
+  // alpha = diag, beta = 0, Z = identity. A zero prefix of a is left untouched (Z = identity).
+  m.def("arrowhead_tridiag(Tensor diag, Tensor border, Tensor sizes) -> (Tensor, Tensor, Tensor)");
 
   // Ritz vectors: basis (B, M, n), coeffs (B, m, k) with m <= M -> (B, k, n),
   // out[s, i] = sum_j coeffs[s, j, i] * basis[s, j].

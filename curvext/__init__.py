@@ -12,7 +12,14 @@ subpackages, bottom to top: ``utils``; ``linalg``, ``autodiff``, ``data``; ``cur
 import importlib
 
 from curvext import _ops  # noqa: F401  (loads the compiled ops; a clear error if not built)
-from curvext.linalg import EigResult, lanczos, power_iteration, tridiag_eigh
+from curvext.linalg import (
+    ConvergenceError,
+    ConvergenceWarning,
+    EigResult,
+    lanczos,
+    power_iteration,
+    tridiag_eigh,
+)
 
 __version__ = "0.1.0"
 
@@ -59,7 +66,8 @@ _LAZY = {
 }
 _RENAMED = {"train_model": ("curvext.data.zoo", "train")}
 
-__all__ = ["EigResult", "lanczos", "power_iteration", "tridiag_eigh", *_RENAMED, *_LAZY]
+__all__ = ["ConvergenceError", "ConvergenceWarning", "EigResult", "lanczos", "power_iteration", "tridiag_eigh",
+           *_RENAMED, *_LAZY]
 
 
 def __getattr__(name):

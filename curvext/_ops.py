@@ -59,8 +59,14 @@ def _tridiag_eigh_fake(alpha, beta, mode):
 
 
 @torch.library.register_fake("curvext::lanczos_step")
-def _lanczos_step_fake(basis, w, alpha, beta, index, step, breakdown_tol, seed):
+def _lanczos_step_fake(basis, w, alpha, beta, index, step, breakdown_tol, seed, rows=None):
     return index.new_empty((index.shape[0],), dtype=torch.int32)
+
+
+@torch.library.register_fake("curvext::arrowhead_tridiag")
+def _arrowhead_tridiag_fake(diag, border, sizes):
+    B, L = diag.shape
+    return diag.new_empty((B, L)), diag.new_empty((B, L)), diag.new_empty((B, L, L))
 
 
 @torch.library.register_fake("curvext::ritz_vectors")

@@ -38,7 +38,8 @@ def with_emulated_kernels(emulated, monkeypatch):
     """The drivers call the emulated CUDA kernels in place of the CPU ones."""
     real = _ops.ops
     ops = types.SimpleNamespace(lanczos_step=emulated.lanczos_step, power_step=emulated.power_step,
-                                tridiag_eigh=emulated.tridiag_eigh, ritz_vectors=real.ritz_vectors)
+                                tridiag_eigh=emulated.tridiag_eigh, ritz_vectors=real.ritz_vectors,
+                                arrowhead_tridiag=emulated.arrowhead_tridiag)
     monkeypatch.setattr(_ops, "ops", ops)
 
 
@@ -70,6 +71,55 @@ def test_lanczos_steps_match_the_cpu_kernel(emulated, dtype, tol):
     torch.testing.assert_close(be, bc, rtol=0, atol=tol)
     torch.testing.assert_close(Qe, Qc, rtol=0, atol=10 * tol)
     assert torch.equal(Qe[[1, 3]], basis[[1, 3]])  # samples outside the index are untouched
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_lanczos_steps_from_per_sample_rows_match_the_cpu_kernel(emulated, dtype, tol):
+    """Samples at different rows of their bases (as after restarts of different sizes)."""
+    basis, A, alpha, beta = _raw_step_inputs(dtype, B=4, M=9)
+    Q0 = basis[:, 0].clone()
+    start = torch.tensor([0, 3, 1, 5])
+    for s, r in enumerate(start.tolist()):  # sample s starts from row r: rows 0..r orthonormal
+        basis[s, : r + 1] = torch.linalg.qr(torch.randn(basis.shape[2], r + 1, dtype=torch.float64))[0].T.to(dtype)
+    basis[0, 0] = Q0[0]
+    runs = []
+    for step_op in (torch.ops.curvext.lanczos_step, emulated.lanczos_step):
+        Q, a, b = basis.clone(), alpha.clone(), beta.clone()
+        idx, rows = torch.tensor([3, 0, 1]), start[[3, 0, 1]].clone()
+        flags = []
+        for _ in range(3):
+            w = torch.einsum("bij,bj->bi", A[idx], Q[idx, rows])
+            flags.append(step_op(Q, w, a, b, idx, int(rows.max()), 100 * torch.finfo(dtype).eps, 7, rows).tolist())
+            rows += 1
+        runs.append((Q, a, b, flags))
+    (Qc, ac, bc, fc), (Qe, ae, be, fe) = runs
+    assert fc == fe
+    torch.testing.assert_close(ae, ac, rtol=0, atol=tol)
+    torch.testing.assert_close(be, bc, rtol=0, atol=tol)
+    torch.testing.assert_close(Qe, Qc, rtol=0, atol=10 * tol)
+    assert torch.equal(Qe[2], basis[2])  # a sample outside the index is untouched
+    Qs = Qc[3, :9].double()  # sample 3 went from row 5 to row 8: orthonormal rows 0..8
+    assert float((Qs @ Qs.T - torch.eye(9, dtype=torch.float64)).abs().max()) < 100 * tol
+    with pytest.raises(RuntimeError, match=r"device assert failed: j >= 0 && j <= step"):
+        emulated.lanczos_step(basis.clone(), torch.zeros(1, basis.shape[2], dtype=dtype), alpha.clone(),
+                              beta.clone(), torch.tensor([0]), 2, 1e-6, 0, torch.tensor([3]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_arrowhead_reduction_matches_the_cpu_kernel(emulated, dtype):
+    from tests.linalg.test_arrowhead import dense_checks, problems
+
+    for B, L, seed in ((7, 12, 0), (3, 40, 3), (2, 1, 4)):
+        d, a, sizes = problems(dtype, B=B, L=L, seed=seed)
+        sizes = sizes.clamp(max=L)
+        want = torch.ops.curvext.arrowhead_tridiag(d, a, sizes)
+        got = emulated.arrowhead_tridiag(d, a, sizes)
+        tol = 1e-12 if dtype == torch.float64 else 1e-6  # the same float64 rotations, FMA aside
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=tol)
+        dense_checks(d, a, sizes, *got, 1e-12 if dtype == torch.float64 else 3e-6)
+    with pytest.raises(RuntimeError, match=r"device assert failed: p >= 0 && p <= L"):
+        emulated.arrowhead_tridiag(d, a, torch.full((2,), 5))
 
 
 def test_lanczos_step_flags_breakdown_exhausted_and_nonfinite(emulated):
@@ -114,6 +164,20 @@ def test_lanczos_driver_on_emulated_kernels(with_emulated_kernels):
     want = np.concatenate([reference[:, :2], reference[:, -2:]], axis=1)
     np.testing.assert_allclose(emulated_result.eigenvalues.numpy(), want, rtol=0, atol=1e-8)
     assert bool(emulated_result.converged.all())
+
+
+def test_restarted_lanczos_on_emulated_kernels(with_emulated_kernels):
+    """Restarts of different sizes (per-sample rows in every step after them) and the arrowhead
+    reduction, all through the emulated CUDA kernels."""
+    rng = np.random.default_rng(9)
+    spectra = np.sort(rng.standard_normal((3, 80)), axis=1)
+    spectra[1, -3:] = [2.5, 2.502, 2.504]
+    A = dense_batch(spectra)
+    v0 = torch.randn(3, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    res = curvext.lanczos(batched_op(A), v0, k=3, which="LA", tol=1e-9, basis_size=12)
+    reference = np.linalg.eigvalsh(A.numpy())[:, -3:]
+    np.testing.assert_allclose(res.eigenvalues.numpy(), reference, rtol=0, atol=1e-7)
+    assert bool(res.converged.all()) and int(res.steps.max()) > 12
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

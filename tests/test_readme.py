@@ -37,6 +37,11 @@ def test_eigensolver_example():
     expected = torch.linalg.eigvalsh(ns["A"])[:, -4:]
     torch.testing.assert_close(res.eigenvalues, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(top.eigenvalues[:, 0], torch.full((B,), 5.0, dtype=torch.float64), rtol=1e-4, atol=0)
+    small = ns["small"]
+    assert bool(small.converged.all()) and int(small.steps.min()) > 12  # it restarted
+    torch.testing.assert_close(small.eigenvalues, expected, rtol=1e-6, atol=1e-6)
+    assert ns["caught"][0].category is ns["curvext"].ConvergenceWarning
+    assert not bool(ns["short"].converged.all()) and ns["partial"].eigenvalues.shape == (B, 4)
     w, first = ns["w"], ns["first"]
     assert w.shape == (4096, 64) and first.shape == (4096, 64)
     torch.testing.assert_close((first**2).sum(1), torch.ones(4096), rtol=1e-4, atol=1e-4)

@@ -1,9 +1,11 @@
-// CPU kernel of curvext::lanczos_step: one task per active sample.
+// CPU kernel of curvext::lanczos_step: one task per active sample, each at its own row when
+// `rows` is given.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "blas1.h"
@@ -78,17 +80,24 @@ inline int step(double* Q, const double* w, double* al, double* be, int64_t j, i
 
 at::Tensor lanczos_step_cpu(at::Tensor& basis, const at::Tensor& w_in, at::Tensor& alpha,
                             at::Tensor& beta, const at::Tensor& index, int64_t step,
-                            double breakdown_tol, int64_t seed) {
+                            double breakdown_tol, int64_t seed, const std::optional<at::Tensor>& rows_in) {
   checks::lanczos_step(basis, w_in, alpha, beta, index, step);
+  if (rows_in.has_value()) checks::lanczos_rows(*rows_in, index);
   const at::Tensor w = w_in.contiguous();
   const at::Tensor idx = index.contiguous();
+  const at::Tensor rows = rows_in.has_value() ? rows_in->contiguous() : at::Tensor();
   const int64_t b = idx.size(0), B = basis.size(0), R = basis.size(1), n = basis.size(2);
   const int64_t ldab = alpha.size(1);
   at::Tensor flags = at::zeros({b}, idx.options().dtype(at::kInt));
   const int64_t* ix = idx.data_ptr<int64_t>();
-  for (int64_t i = 0; i < b; ++i)
+  const int64_t* rw = rows.defined() ? rows.data_ptr<int64_t>() : nullptr;
+  for (int64_t i = 0; i < b; ++i) {
     TORCH_CHECK(ix[i] >= 0 && ix[i] < B, "lanczos_step: index[", i, "] = ", ix[i],
                 " is outside the batch [0, ", B, ")");
+    if (rw != nullptr)
+      TORCH_CHECK(rw[i] >= 0 && rw[i] <= step, "lanczos_step: rows[", i, "] = ", rw[i], " is outside [0, step = ",
+                  step, "]");
+  }
   int* fl = flags.data_ptr<int>();
   AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "lanczos_step_cpu", [&] {
     scalar_t* Q = basis.data_ptr<scalar_t>();
@@ -99,7 +108,7 @@ at::Tensor lanczos_step_cpu(at::Tensor& basis, const at::Tensor& w_in, at::Tenso
       std::vector<double> h(step + 1);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t s = ix[i];
-        fl[i] = curvext::step(Q + s * R * n, W + i * n, al + s * ldab, be + s * ldab, step, n,
+        fl[i] = curvext::step(Q + s * R * n, W + i * n, al + s * ldab, be + s * ldab, rw ? rw[i] : step, n,
                               scalar_t(breakdown_tol), (uint64_t)seed, s, h.data());
       }
     });

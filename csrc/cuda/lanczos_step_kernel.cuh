@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #include "block_reduce.cuh"
 #include "curvext/hash_random.h"
@@ -42,16 +43,18 @@ __device__ void cgs_pass(const T* Q, int rows, int64_t n, T* r, double* h) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* index,
+lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* index, const int64_t* rows,
                     int* flags, int64_t batch, int64_t rows_per_sample, int64_t n,
-                    int64_t ld, int j, T tol, uint64_t seed) {
+                    int64_t ld, int step, T tol, uint64_t seed) {
   CURVEXT_DYNAMIC_SHARED(double, shared);
   double* scratch = shared;     // 33 doubles for block sums
-  double* h = shared + 33;      // j + 1 reorthogonalisation coefficients
+  double* h = shared + 33;      // j + 1 <= step + 1 reorthogonalisation coefficients
   const int64_t s = index[blockIdx.x];
-  // The CPU kernel raises on an index outside the batch; checking it on the host here would
+  // The CPU kernel raises on an index (or row) out of range; checking it on the host here would
   // synchronise, so the device traps instead of touching another sample's memory.
   CUDA_KERNEL_ASSERT(s >= 0 && s < batch);
+  const int j = rows == nullptr ? step : (int)rows[blockIdx.x];
+  CUDA_KERNEL_ASSERT(j >= 0 && j <= step);
   T* Q = basis + s * rows_per_sample * n;
   const T* q = Q + (int64_t)j * n;
   T* r = Q + (int64_t)(j + 1) * n;
@@ -100,15 +103,17 @@ lanczos_step_kernel(T* basis, const T* W, T* alpha, T* beta, const int64_t* inde
 }
 
 // The host side of the op on the contiguous-or-not inputs' own device (checked by the caller):
-// the kernel on one block of kThreads threads per active sample, with shared memory for the block
-// sums and the step + 1 Gram-Schmidt coefficients. ``launch(kernel, blocks, threads,
+// the kernel on one block of kThreads threads per active sample (at its own row when `rows` is
+// given; `step` bounds the rows), with shared memory for the block sums and the step + 1
+// Gram-Schmidt coefficients. ``launch(kernel, blocks, threads,
 // shared_bytes, args...)``: cuda::StreamLaunch, or the CPU emulation in tests/cuda_emulation.
 template <typename Launch>
 at::Tensor lanczos_step_with(at::Tensor& basis, const at::Tensor& w_in, at::Tensor& alpha, at::Tensor& beta,
                              const at::Tensor& index, int64_t step, double breakdown_tol, int64_t seed,
-                             Launch&& launch) {
+                             const std::optional<at::Tensor>& rows_in, Launch&& launch) {
   const at::Tensor w = w_in.contiguous();
   const at::Tensor idx = index.contiguous();
+  const at::Tensor rows = rows_in.has_value() ? rows_in->contiguous() : at::Tensor();
   const int64_t b = idx.size(0);
   at::Tensor flags = at::zeros({b}, idx.options().dtype(at::kInt));
   if (b == 0) return flags;
@@ -116,7 +121,8 @@ at::Tensor lanczos_step_with(at::Tensor& basis, const at::Tensor& w_in, at::Tens
   AT_DISPATCH_FLOATING_TYPES(basis.scalar_type(), "lanczos_step_kernels", [&] {
     launch(&lanczos_step_kernel<scalar_t>, (unsigned)b, (unsigned)kThreads, shared_bytes,
            basis.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
-           beta.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), flags.data_ptr<int>(), basis.size(0),
+           beta.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(),
+           rows.defined() ? rows.data_ptr<int64_t>() : (const int64_t*)nullptr, flags.data_ptr<int>(), basis.size(0),
            basis.size(1), basis.size(2), alpha.size(1), (int)step, scalar_t(breakdown_tol), (uint64_t)seed);
   });
   return flags;

@@ -56,6 +56,9 @@ class DetectorConfig:
     estimator: "hutchinson" (plain sampling) or "deflated" (exact top principal curvatures by
         Lanczos plus sampling of the rest).
     deflation_k: principal curvatures computed exactly per class by the deflated estimator.
+    deflation_basis_size: Lanczos vectors the deflated estimator stores per image and class
+        (None: :func:`curvext.lanczos`'s default); more than ``deflation_k``. Memory of a group is
+        ``batch x classes x (deflation_basis_size + 1) x d``.
     orientation: "probe" (read from a PGD probe of clean images at calibration), "higher",
         "lower" or "auto" (the paper's sign rule on the clean rho).
     probe_eps: largest probe radius in input units (None: ``0.05 sqrt(d)`` for l2,
@@ -74,6 +77,7 @@ class DetectorConfig:
     h: float | None = None
     estimator: str = "hutchinson"
     deflation_k: int = 4
+    deflation_basis_size: int | None = None
     orientation: str = "probe"
     probe_eps: float | None = None
     probe_norm: str = "l2"
@@ -91,6 +95,10 @@ class DetectorConfig:
         _positive_int("classes", self.classes, allow_none=True)
         _positive_int("batch_size", self.batch_size)
         _positive_int("deflation_k", self.deflation_k)
+        _positive_int("deflation_basis_size", self.deflation_basis_size, allow_none=True)
+        if self.deflation_basis_size is not None and self.deflation_basis_size <= self.deflation_k:
+            raise ValueError(f"deflation_basis_size must exceed deflation_k = {self.deflation_k} (the basis keeps "
+                             f"the wanted vectors through restarts), got {self.deflation_basis_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.probe_eps is not None:

@@ -27,7 +27,7 @@ def deflated_class_curvatures(model: torch.nn.Module, x: torch.Tensor, cls: torc
 
     ``x (B, *shape)``; ``cls (B, K)`` competing classes, ``predicted (B,)``; ``V (T, *shape)`` unit
     directions; ``config`` supplies method (fd2 counts as fd: Lanczos needs products), h,
-    deflation_k and seed.
+    deflation_k, deflation_basis_size and seed.
     """
     B, K = cls.shape
     T = V.shape[0]
@@ -45,7 +45,8 @@ def deflated_class_curvatures(model: torch.nn.Module, x: torch.Tensor, cls: torc
     # depends on its image and the seed, not on its position in the batch.
     start = torch.randn(shape, generator=g, dtype=torch.float64).to(x)
     v0 = G.tangent(start.expand((n,) + shape).contiguous(), rows)
-    res = lanczos(G, v0, k=k, which="LM", tol=1e-3, vectors=True, seed=config.seed)
+    res = lanczos(G, v0, k=k, which="LM", tol=1e-3, basis_size=config.deflation_basis_size, vectors=True,
+                  seed=config.seed)
     theta = torch.nan_to_num(res.eigenvalues, nan=0.0)  # (n, k)
     U = torch.nan_to_num(res.eigenvectors, nan=0.0).reshape(n, k, d)
     Vf = V.reshape(T, d).to(x)

@@ -80,6 +80,7 @@ class CurvatureDetector:
     h = _Setting()
     estimator = _Setting()
     deflation_k = _Setting()
+    deflation_basis_size = _Setting()
     probe_eps = _Setting()
     probe_norm = _Setting()
     seed = _Setting()

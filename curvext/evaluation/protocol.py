@@ -161,6 +161,9 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     settings.update(method=detector.method, T=detector.num_directions, K=detector.classes,
                     estimator=detector.estimator, seed=detector.seed,
                     deflation_k=detector.deflation_k if detector.estimator == "deflated" else None)
+    if detector.estimator == "deflated" and detector.deflation_basis_size is not None:
+        # only when set: the cache keys of runs with the default stay as they were
+        settings.update(deflation_basis_size=detector.deflation_basis_size)
     cache = None if out_dir is None else Path(out_dir) / "cache"
     # What the probe's decisions (scale, orientation, recovery rule) depend on beyond the scores.
     probe_settings = dict(orientation=detector.orientation_rule, probe_eps=detector.probe_eps,

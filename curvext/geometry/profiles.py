@@ -64,7 +64,7 @@ def curvature_points(model, x, *, at: str = "boundary", pair=None, boundary_frac
 def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boundary", method: str = "autograd",
                          h: float | None = None, pair=None, full: bool = False, vectors: bool = False,
                          boundary_fraction: float = 1.0, tol: float = 1e-4, max_steps: int | None = None,
-                         seed: int = 0) -> CurvatureProfile:
+                         basis_size: int | None = None, seed: int = 0) -> CurvatureProfile:
     """The k most positive and k most negative principal curvatures of every image's boundary.
 
     Args:
@@ -75,13 +75,15 @@ def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boun
         full: the whole tangent spectrum from the dense operator (d operator applications per
             image: small d only).
         vectors: also return principal directions.
-        tol, max_steps, seed: Lanczos settings (:func:`curvext.lanczos`).
+        tol, max_steps, basis_size, seed: Lanczos settings (:func:`curvext.lanczos`; basis_size
+            bounds the vectors stored per image, so memory is ``B x (basis_size + 1) x d``).
     """
     points, cls, base = curvature_points(model, x, at=at, pair=pair, boundary_fraction=boundary_fraction)
     d = points[0].numel()
     if not full and (not isinstance(k, int) or k < 1 or 2 * k > d - 1):
         raise ValueError(f"k must be an int with 1 <= 2k <= d - 1 = {d - 1}, got {k!r}")
-    settings = dict(k=k, method=method, h=h, full=full, vectors=vectors, tol=tol, max_steps=max_steps, seed=seed)
+    settings = dict(k=k, method=method, h=h, full=full, vectors=vectors, tol=tol, max_steps=max_steps,
+                    basis_size=basis_size, seed=seed)
     valid = cls != base
     if bool(valid.all()):
         return _profile(model, points, cls, base, **settings)
@@ -95,7 +97,8 @@ def principal_curvatures(model, x: torch.Tensor, *, k: int = 20, at: str = "boun
     return _scatter(sub, keep, points, cls, base)
 
 
-def _profile(model, points, cls, base, *, k, method, h, full, vectors, tol, max_steps, seed) -> CurvatureProfile:
+def _profile(model, points, cls, base, *, k, method, h, full, vectors, tol, max_steps, basis_size,
+             seed) -> CurvatureProfile:
     """:func:`principal_curvatures` at given points with ``cls != base`` everywhere."""
     # Tangent coordinates: the operator is d - 1 dimensional, the normal direction's zero is not
     # in it at all (not even after a Lanczos restart from a fresh direction).
@@ -111,7 +114,8 @@ def _profile(model, points, cls, base, *, k, method, h, full, vectors, tol, max_
     else:
         g = torch.Generator().manual_seed(seed)
         v0 = torch.randn((B, d - 1), generator=g, dtype=torch.float64).to(points)
-        res = lanczos(G, v0, k=2 * k, which="BE", tol=tol, max_steps=max_steps, vectors=vectors, seed=seed)
+        res = lanczos(G, v0, k=2 * k, which="BE", tol=tol, max_steps=max_steps, basis_size=basis_size,
+                      vectors=vectors, seed=seed)
         values, coords, converged, steps = res.eigenvalues, res.eigenvectors, res.converged, res.steps
     vecs = None
     if coords is not None:  # (B, m, d-1) -> unit tangent vectors (B, m, *shape)

@@ -19,7 +19,7 @@ RECIPES = ("stack", "mean_hessian")
 
 def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", per_point: int | None = None,
                     at: str = "boundary", method: str = "autograd", h: float | None = None,
-                    tol: float = 1e-4, seed: int = 0) -> torch.Tensor:
+                    tol: float = 1e-4, basis_size: int | None = None, seed: int = 0) -> torch.Tensor:
     """An orthonormal basis ``(d, dim)`` of the directions where boundaries are most curved.
 
     Args:
@@ -30,7 +30,8 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
             "mean_hessian": the top-``dim`` eigenvectors (largest |eigenvalue|, Lanczos) of the
             curvature operator averaged over the N points.
         per_point: directions per point for "stack" (default ``dim``).
-        at, method, h, tol, seed: where and how curvature is measured (see principal_curvatures).
+        at, method, h, tol, basis_size, seed: where and how curvature is measured (see
+            principal_curvatures; basis_size bounds the Lanczos vectors stored per problem).
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
@@ -42,7 +43,7 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
     if recipe == "stack":
         k = per_point or dim
         prof = principal_curvatures(model, x, k=max(1, (k + 1) // 2), at=at, method=method, h=h, vectors=True,
-                                    tol=tol, seed=seed)
+                                    tol=tol, basis_size=basis_size, seed=seed)
         if bool(torch.isnan(prof.values).all()):
             raise ValueError("no principal curvature could be measured at any point (DeepFool changed no image's "
                              "label): no directions to build the subspace from")
@@ -72,7 +73,7 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
 
     g = torch.Generator().manual_seed(seed)
     v0 = torch.randn((1,) + shape, generator=g, dtype=torch.float64).to(points)
-    res = lanczos(mean_op, v0, k=dim, which="LM", tol=tol, seed=seed)
+    res = lanczos(mean_op, v0, k=dim, which="LM", tol=tol, basis_size=basis_size, seed=seed)
     return res.eigenvectors.reshape(dim, d).T.contiguous()
 
 

@@ -9,8 +9,10 @@
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <thread>
 
+#include "arrowhead_tridiag_kernel.cuh"
 #include "curvext/checks.h"
 #include "lanczos_step_kernel.cuh"
 #include "power_step_kernel.cuh"
@@ -71,10 +73,19 @@ struct EmulatedLaunch {
 };
 
 at::Tensor lanczos_step_emulated(at::Tensor& basis, const at::Tensor& w, at::Tensor& alpha, at::Tensor& beta,
-                                 const at::Tensor& index, int64_t step, double breakdown_tol, int64_t seed) {
+                                 const at::Tensor& index, int64_t step, double breakdown_tol, int64_t seed,
+                                 const std::optional<at::Tensor>& rows) {
   curvext::checks::lanczos_step(basis, w, alpha, beta, index, step);
-  return curvext::kernels::lanczos_step_with(basis, w, alpha, beta, index, step, breakdown_tol, seed,
+  if (rows.has_value()) curvext::checks::lanczos_rows(*rows, index);
+  return curvext::kernels::lanczos_step_with(basis, w, alpha, beta, index, step, breakdown_tol, seed, rows,
                                              EmulatedLaunch{});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> arrowhead_tridiag_emulated(const at::Tensor& diag,
+                                                                         const at::Tensor& border,
+                                                                         const at::Tensor& sizes) {
+  curvext::checks::arrowhead_tridiag(diag, border, sizes);
+  return curvext::kernels::arrowhead_tridiag_with(diag, border, sizes, EmulatedLaunch{});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> power_step_emulated(const at::Tensor& v,
@@ -93,7 +104,11 @@ std::tuple<at::Tensor, at::Tensor> tridiag_eigh_emulated(const at::Tensor& alpha
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("lanczos_step", &lanczos_step_emulated, "curvext::lanczos_step's CUDA kernel, emulated on the CPU");
+  m.def("lanczos_step", &lanczos_step_emulated, "curvext::lanczos_step's CUDA kernel, emulated on the CPU",
+        py::arg("basis"), py::arg("w"), py::arg("alpha"), py::arg("beta"), py::arg("index"), py::arg("step"),
+        py::arg("breakdown_tol"), py::arg("seed"), py::arg("rows") = py::none());
+  m.def("arrowhead_tridiag", &arrowhead_tridiag_emulated,
+        "curvext::arrowhead_tridiag's CUDA kernel and launcher, emulated on the CPU");
   m.def("power_step", &power_step_emulated, "curvext::power_step's CUDA kernel, emulated on the CPU");
   m.def("tridiag_eigh", &tridiag_eigh_emulated,
         "curvext::tridiag_eigh's CUDA kernel and launcher, emulated on the CPU");

@@ -56,3 +56,22 @@ def test_lower_variance_than_hutchinson_on_a_smooth_net():
     assert var["deflated"] < 0.6 * var["hutchinson"]  # measured 0.39 here; far lower on low-rank curvature
     # Both estimate the same quantity.
     assert torch.allclose(mean["deflated"], mean["hutchinson"], atol=4 * var["hutchinson"].sqrt() + 1e-12)
+
+
+def test_basis_size_reaches_lanczos(monkeypatch):
+    import curvext.detection.deflated as deflated
+
+    calls = []
+    real = deflated.lanczos
+    monkeypatch.setattr(deflated, "lanczos", lambda *a, **kw: calls.append(kw["basis_size"]) or real(*a, **kw))
+    model = LowRankQuadratic().eval()
+    x = torch.randn(3, 1, 3, 4, dtype=torch.float64)
+    scores = {}
+    for size in (None, 6):
+        det = CurvatureDetector(model, num_directions=5, method="autograd", estimator="deflated", deflation_k=4,
+                                deflation_basis_size=size, input_range=None)
+        assert det.deflation_basis_size == size
+        scores[size] = det.score(x).per_class
+    assert calls == [None, 6]
+    # Rank <= 4 curvature: both runs find it exactly, restarts or not.
+    torch.testing.assert_close(scores[6], scores[None], rtol=0, atol=1e-8, equal_nan=True)  # NaN: own class

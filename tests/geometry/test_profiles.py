@@ -49,6 +49,25 @@ def test_small_cnn_on_digits_lanczos_matches_dense(at):
     assert ((prof.values - want).abs() <= 1e-6 * scale).all()
 
 
+def test_small_basis_restarts_to_the_same_curvatures(monkeypatch):
+    """basis_size reaches Lanczos: a basis of 12 vectors (k = 4 per end, 8 wanted) restarts and
+    still matches the dense spectrum; the stored basis is 13 vectors per image."""
+    import sys
+
+    driver = sys.modules["curvext.linalg.lanczos"]
+    shapes = []
+    real = driver._allocate_basis
+    monkeypatch.setattr(driver, "_allocate_basis", lambda B, rows, n, *a: shapes.append(rows) or real(B, rows, n, *a))
+    model = zoo.train("lenet", "smooth", "digits").model.double().eval()
+    x = data.load_digits("test").images[:3].double()
+    prof = principal_curvatures(model, x, k=4, at="input", tol=1e-10, basis_size=12)
+    dense = principal_curvatures(model, x, at="input", full=True)
+    want = torch.cat([dense.values[:, :4], dense.values[:, -4:]], 1)
+    scale = dense.values.abs().amax(1, keepdim=True)
+    assert shapes == [13] and int(prof.steps.max()) > 12 and bool(prof.converged.all())
+    assert ((prof.values - want).abs() <= 1e-6 * scale).all()
+
+
 def test_bad_k():
     model = Quadratic(L=3, d=10).eval()
     with pytest.raises(ValueError, match="k must be an int"):

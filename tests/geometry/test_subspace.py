@@ -51,6 +51,22 @@ def test_recovers_planted_subspace(recipe):
 
 
 @pytest.mark.parametrize("recipe", ["stack", "mean_hessian"])
+def test_basis_size_reaches_lanczos(recipe, monkeypatch):
+    import sys
+
+    calls = []
+    for name in ("curvext.geometry.subspace", "curvext.geometry.profiles"):
+        module = sys.modules[name]
+        real = module.lanczos
+        monkeypatch.setattr(module, "lanczos", lambda *a, _real=real, **kw: calls.append(kw["basis_size"])
+                            or _real(*a, **kw))
+    model = PlantedCurvature().eval()
+    basis = shared_subspace(model, planted_points(model), dim=3, recipe=recipe, tol=1e-10, basis_size=9)
+    assert calls == [9]
+    assert float(principal_angles_cos(basis, model.U).min()) > 1 - 1e-6
+
+
+@pytest.mark.parametrize("recipe", ["stack", "mean_hessian"])
 def test_points_without_a_boundary_are_left_out(recipe, deepfool_fails_on, caplog):
     """An image DeepFool cannot move across the boundary contributes nothing; the planted
     subspace is still recovered from the others, with a warning (mean_hessian) naming it."""

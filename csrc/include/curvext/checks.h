@@ -59,6 +59,31 @@ inline void lanczos_step(const at::Tensor& basis, const at::Tensor& w, const at:
               M + 1, " rows, got ", step);
 }
 
+// rows: the per-sample rows of lanczos_step (b,) int64, each in [0, step] (the values are checked
+// by the CPU kernel and asserted on the device).
+inline void lanczos_rows(const at::Tensor& rows, const at::Tensor& index) {
+  const char* op = "lanczos_step";
+  TORCH_CHECK(rows.scalar_type() == at::kLong && rows.dim() == 1 && rows.size(0) == index.size(0), op,
+              ": rows must be a 1-D int64 tensor of index's length ", index.size(0), ", got ",
+              rows.scalar_type(), " ", rows.sizes());
+  TORCH_CHECK(rows.device() == index.device(), op, ": rows must be on ", index.device(), ", got ",
+              rows.device());
+}
+
+inline void arrowhead_tridiag(const at::Tensor& diag, const at::Tensor& border, const at::Tensor& sizes) {
+  const char* op = "arrowhead_tridiag";
+  floating(diag, op, "diag");
+  same_dtype_device(diag, border, op, "diag", "border");
+  TORCH_CHECK(diag.dim() == 2, op, ": diag must be (B, L), got ", diag.sizes());
+  TORCH_CHECK(border.sizes() == diag.sizes(), op, ": border must have the shape of diag ", diag.sizes(),
+              ", got ", border.sizes());
+  TORCH_CHECK(sizes.scalar_type() == at::kLong && sizes.dim() == 1 && sizes.size(0) == diag.size(0), op,
+              ": sizes must be a 1-D int64 tensor of length B = ", diag.size(0), ", got ", sizes.scalar_type(),
+              " ", sizes.sizes());
+  TORCH_CHECK(sizes.device() == diag.device(), op, ": sizes must be on ", diag.device(), ", got ",
+              sizes.device());
+}
+
 inline void power_step(const at::Tensor& v, const at::Tensor& w, const at::Tensor& shift) {
   const char* op = "power_step";
   floating(v, op, "v");
