@@ -317,3 +317,25 @@ def test_cuda_restarts_match_cpu_in_bounded_memory():
     torch.testing.assert_close(gpu.eigenvalues.cpu(), cpu.eigenvalues, rtol=0, atol=1e-8 * 10)
     torch.testing.assert_close(unrestarted.eigenvalues.cpu(), cpu.eigenvalues, rtol=0, atol=1e-8 * 10)
     assert bool(gpu.converged.all())
+
+
+def test_an_operator_that_returns_exact_zeros_mid_run_is_a_breakdown_not_noise():
+    """A finite-difference operator on a ReLU net can return exactly zero for a Lanczos vector
+    (both points in one linear region). What rounding leaves of the residual then is no
+    direction, and normalising it gave the next Lanczos vector; it is a breakdown."""
+    torch.manual_seed(0)
+    B, n = 4, 40
+    Q = torch.linalg.qr(torch.randn(B, n, n, dtype=torch.float64))[0]
+    A = Q @ torch.diag_embed(torch.linspace(-1, 2, n, dtype=torch.float64).repeat(B, 1)) @ Q.transpose(1, 2)
+    calls = []
+
+    def op(V, index):
+        calls.append(1)
+        out = torch.einsum("bij,bj->bi", A[index], V)
+        return out if len(calls) <= 3 else torch.zeros_like(out)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", curvext.ConvergenceWarning)
+        res = curvext.lanczos(op, torch.randn(B, n, dtype=torch.float64), k=2, which="LA", max_steps=30)
+    assert torch.isfinite(res.eigenvalues).all() and torch.isfinite(res.eigenvectors).all()
+    assert float(res.eigenvectors.abs().max()) <= 1.0 + 1e-12  # unit vectors, not amplified rounding

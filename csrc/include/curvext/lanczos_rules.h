@@ -9,10 +9,11 @@ namespace lanczos {
 enum Flag : int { kOk = 0, kBreakdown = 1, kExhausted = 2, kNonFinite = 3 };
 
 // beta_j is numerically zero (q_j's Krylov space is invariant) when the reorthogonalised
-// residual keeps at most `tol` of the norm of A q_j. An exactly zero A q_j is a breakdown too.
+// residual keeps at most `tol` of the norm of A q_j. An exactly zero A q_j is a breakdown too:
+// q_j is then in the null space, and what rounding leaves of the residual is no direction.
 template <typename T>
 CURVEXT_HD bool is_breakdown(double beta, double applied_norm, T tol) {
-  return !(beta > double(tol) * applied_norm) || !(beta > 0.0);
+  return !(beta > double(tol) * applied_norm) || !(beta > 0.0) || !(applied_norm > 0.0);
 }
 
 // "Twice is enough" with the Daniel-Gragg-Kaufman-Stewart test (as ARPACK): after one classical
