@@ -7,14 +7,38 @@ schema in ``csrc/curvext.cpp``.
 from __future__ import annotations
 
 import enum
+import glob
+import os
+import sys
 
 import torch
 
+
+def _shadowed_installations() -> list[str]:
+    """Other folders on ``sys.path`` holding a curvext package with a built extension: when this
+    copy (a source checkout, found first because it is the working directory) has none."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for entry in sys.path:
+        candidate = os.path.join(os.path.abspath(entry or os.getcwd()), "curvext")
+        if os.path.normcase(candidate) != os.path.normcase(here) and glob.glob(os.path.join(candidate, "_C*.*")):
+            found.append(candidate)
+    return found
+
+
 try:
     from curvext import _C  # noqa: F401  (loading the library registers the ops)
-except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+except ImportError as exc:
+    _here = os.path.dirname(os.path.abspath(__file__))
+    _others = _shadowed_installations()
+    if _others:
+        raise ImportError(
+            f"this curvext ({_here}) shadows the installed one ({_others[0]}): Python found this folder first "
+            "(it is the working directory or on PYTHONPATH) and its extension is not built. Run from another "
+            f"folder to use the installed curvext, or build this checkout (`make build`). Original error: {exc}"
+        ) from exc
     raise ImportError(
-        "curvext's compiled extension (curvext._C) is not built. From the source checkout run "
+        f"curvext's compiled extension (curvext._C) is not built in {_here}. From the source checkout run "
         "`make build` (or `pip install --no-build-isolation -e .`; add CURVEXT_CUDA=0 for a quick "
         f"CPU-only build). Original error: {exc}"
     ) from exc

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,3 +37,26 @@ def test_cpu_kernels_run_in_parallel():
     if threads < 2:
         pytest.skip("torch runs on one thread here")
     assert torch.ops.curvext.parallel_threads(64) == threads
+
+
+def test_an_unbuilt_checkout_that_shadows_the_installed_package_says_so(tmp_path):
+    """A copy of the package without its extension, found first (the working directory), while a
+    built copy sits further down sys.path. Run without site processing (-S), so that an editable
+    install's import hook does not fill the gap with its own extension."""
+    import shutil
+    import sysconfig
+
+    import curvext as installed
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(Path(installed.__file__).parent, checkout / "curvext",
+                    ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    code = ("import sys; sys.path += sys.argv[1:]\n"
+            "try:\n    import curvext\nexcept ImportError as err:\n    print(err)\n")
+    run = subprocess.run([sys.executable, "-S", "-c", code, sysconfig.get_paths()["purelib"],
+                          str(Path(installed.__file__).parent.parent)], cwd=checkout, capture_output=True, text=True)
+    assert "shadows the installed one" in run.stdout and str(checkout / "curvext") in run.stdout, run.stderr[-500:]
+
+
+def test_dir_lists_the_lazy_names():
+    assert {"CurvatureDetector", "DetectorConfig", "lanczos", "train_model"} <= set(dir(curvext))

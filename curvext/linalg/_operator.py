@@ -6,13 +6,16 @@ from collections.abc import Callable
 import torch
 
 from curvext.linalg import _validate
+from curvext.linalg._derivatives import refuse_gradients
 
 BatchedOperator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_start(name: str, v0: torch.Tensor) -> torch.Tensor:
-    """Validate a start batch ``(B, *shape)`` and return it flattened to ``(B, n)``."""
+    """Validate a start batch ``(B, *shape)`` and return it flattened to ``(B, n)``. A start that
+    requires grad is refused: the solvers' results carry no gradient."""
     _validate.floating(name, v0)
+    refuse_gradients("curvext's eigensolvers", **{name: v0})
     _validate.batch(name, v0)
     _validate.finite(name, v0)
     flat = v0.reshape(v0.shape[0], -1)
@@ -27,9 +30,12 @@ def apply(op: BatchedOperator, flat: torch.Tensor, index: torch.Tensor, shape: t
     """Return ``op`` applied to the rows ``flat (b, n)`` of samples ``index``, as ``(b, n)``.
 
     With ``check``, the result's shape, dtype and device are validated (done on the first call
-    of a solve; later calls trust the operator to stay consistent).
+    of a solve; later calls trust the operator to stay consistent). The result is detached: the
+    solvers do not differentiate through the operator.
     """
     out = op(flat.reshape((flat.shape[0],) + tuple(shape)), index)
+    if isinstance(out, torch.Tensor) and out.requires_grad:
+        out = out.detach()
     if check:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"op must return a torch.Tensor, got {type(out).__name__}")

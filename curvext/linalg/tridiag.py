@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from curvext import _ops
-from curvext.linalg import _validate
+from curvext.linalg import _derivatives, _validate  # noqa: F401  (_derivatives registers the ops' autograd)
 
 
 def tridiag_eigh(alpha: torch.Tensor, beta: torch.Tensor, vectors: bool | str = True):
@@ -28,6 +28,10 @@ def tridiag_eigh(alpha: torch.Tensor, beta: torch.Tensor, vectors: bool | str = 
     float64 with Gram-Schmidt between solves (LAPACK stein) for gaps closer than that; the CUDA
     kernel runs the whole vector stage in float64. float32 results: residuals ~eps ||T||,
     orthogonality ~10 eps typical, bounded by ~eps ||T|| / gap.
+
+    Gradients: the eigenvalues are differentiable with respect to ``alpha`` and ``beta`` (simple
+    eigenvalues: ``d lambda_j / d alpha_i = v_ij^2``, ``d lambda_j / d beta_i = 2 v_ij v_(i+1)j``);
+    a loss that uses the vectors raises in backward.
     """
     _validate.floating("alpha", alpha)
     _validate.floating("beta", beta)
