@@ -12,7 +12,7 @@ import sys
 
 from curvext.utils.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_env
 
-COMMAND_MODULES = ("demo", "evaluate", "profile")
+COMMAND_MODULES = ("demo", "evaluate", "paths", "profile")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ from curvext.utils import model_checks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PathResult", "find_paths", "SAMPLES_PER_SEGMENT", "MAX_DEPTH", "FAILURE_KINDS"]
+__all__ = ["PathResult", "find_paths", "polyline_points", "SAMPLES_PER_SEGMENT", "MAX_DEPTH", "FAILURE_KINDS"]
 
 SAMPLES_PER_SEGMENT = 31
 MAX_DEPTH = 10
@@ -97,24 +97,34 @@ class PathResult:
         return tuple(next((k for k in FAILURE_KINDS if f.startswith(k)), "") for f in self.failures)
 
     def polyline(self, i: int, samples_per_segment: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Points along pair ``i``'s polyline: ``(M, *shape)`` from ``x1`` to ``x2`` with
-        ``samples_per_segment`` points between consecutive vertices (default: the ones checked),
-        ``M = (n_i - 1)(S + 1) + 1``, and their positions ``(M,)`` float64 in ``[0, 1]``: the
-        fraction of the polyline's length from ``x1``."""
+        """Points along pair ``i``'s polyline (see :func:`polyline_points`); by default with the
+        ``samples_per_segment`` the search checked, so these are exactly the points it labelled."""
         if not 0 <= i < self.counts.shape[0]:
             raise IndexError(f"i must lie in [0, {self.counts.shape[0]}), got {i}")
         S = self.samples_per_segment if samples_per_segment is None else samples_per_segment
-        _check_int(S, "samples_per_segment", 1)
-        v = self.vertices[i, : int(self.counts[i])]
-        t = torch.arange(S + 1, dtype=v.dtype, device=v.device) / (S + 1)
-        inner = _lerp(v[:-1], v[1:], t).flatten(0, 1)  # (n - 1) * (S + 1) points, each start included
-        points = torch.cat([inner, v[-1:]])
-        seg = (v[1:] - v[:-1]).flatten(1).double().norm(dim=1)
-        start = torch.cat([seg.new_zeros(1), seg.cumsum(0)])
-        pos = torch.cat([(start[:-1, None] + seg[:, None] * t.double().cpu()[None]).flatten(), start[-1:]])
-        total = float(start[-1])
-        pos = pos / total if total > 0 else torch.linspace(0, 1, len(points), dtype=torch.float64)
-        return points, pos
+        return polyline_points(self.vertices[i, : int(self.counts[i])], S)
+
+
+def polyline_points(vertices: torch.Tensor, samples_per_segment: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points along the polyline through ``vertices`` ``(n, *shape)``, n >= 1: ``(M, *shape)``
+    from the first vertex to the last with ``S = samples_per_segment`` evenly spaced points
+    strictly between consecutive vertices, ``M = (n - 1)(S + 1) + 1``, and their positions
+    ``(M,)`` float64 in ``[0, 1]``: the fraction of the polyline's length from the first vertex
+    (evenly spaced when the polyline has length 0)."""
+    _check_int(samples_per_segment, "samples_per_segment", 1)
+    if not isinstance(vertices, torch.Tensor) or vertices.dim() < 2 or vertices.shape[0] < 1:
+        raise ValueError(f"vertices must be an (n, *shape) tensor with n >= 1, got "
+                         f"{getattr(vertices, 'shape', type(vertices).__name__)}")
+    S, v = samples_per_segment, vertices
+    t = torch.arange(S + 1, dtype=v.dtype, device=v.device) / (S + 1)
+    inner = _lerp(v[:-1], v[1:], t).flatten(0, 1)  # (n - 1)(S + 1) points, each segment's start included
+    points = torch.cat([inner, v[-1:]])
+    seg = (v[1:] - v[:-1]).flatten(1).double().norm(dim=1).cpu()
+    start = torch.cat([seg.new_zeros(1), seg.cumsum(0)])
+    pos = torch.cat([(start[:-1, None] + seg[:, None] * t.double().cpu()[None]).flatten(), start[-1:]])
+    total = float(start[-1])
+    pos = pos / total if total > 0 else torch.linspace(0, 1, len(points), dtype=torch.float64)
+    return points, pos
 
 
 def _check_int(value, name: str, minimum: int) -> None:
@@ -277,7 +287,7 @@ def _shape_statistics(x1, x2, verts):
     deviation, ratio, distance = [], [], []
     for i, vs in enumerate(verts):
         p = torch.stack(vs).flatten(1).double()
-        d = (x2[i] - x1[i]).flatten().double()
+        d = (x2[i].double() - x1[i].double()).flatten()  # in float64: no rounding of the input's dtype
         L = d.norm()
         if float(L) == 0.0:
             deviation.append(0.0)

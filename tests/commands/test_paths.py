@@ -1,0 +1,93 @@
+"""``curvext paths`` end to end on digits (zoo LeNet, a few pairs, small caps): table, plot,
+printed summary, resume after a killed run, bad flags."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+import curvext.commands.paths as paths_command
+from curvext import data
+from curvext.cli import main
+from curvext.data import zoo
+from curvext.geometry.paths import find_paths
+
+SMALL = ["--pairs", "3", "--images", "60", "--samples", "7", "--max-depth", "2", "--pgd-steps", "5",
+         "--chunk", "2", "--plot-paths", "2", "--no-progress"]
+
+
+def test_paths_writes_table_plot_and_summary(tmp_path, capsys):
+    out = tmp_path / "paths"
+    assert main(["paths", "--out", str(out)] + SMALL) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_parquet(out / "paths.parquet")
+    assert list(table.columns) == list(paths_command.COLUMNS)
+    assert table.groupby("kind").size().to_dict() == {"natural": 3, "adversarial": 3, "noise": 3}
+    assert (out / "paths.png").stat().st_size > 0
+    for kind in ("natural", "adversarial", "noise"):
+        assert f"| {kind} | 3 |" in printed
+    assert "| kind | pairs | connected |" in printed
+    # The pairs are what their kind says, by the model's own labels.
+    model = zoo.train("lenet", "relu", "digits").model
+    images = data.load_digits("test").subset(60)
+    with torch.no_grad():
+        pred = model(images.images).argmax(1).numpy()
+    nat = table[table["kind"] == "natural"]
+    assert (pred[nat["source1"].to_numpy()] == nat["label"].to_numpy()).all()
+    assert (pred[nat["source2"].to_numpy()] == nat["label"].to_numpy()).all()
+    assert (images.labels.numpy()[nat["source1"].to_numpy()] == nat["label"].to_numpy()).all()  # correct
+    adv = table[table["kind"] == "adversarial"]  # the attacked clean image had another label
+    assert (pred[adv["source2"].to_numpy()] != adv["label"].to_numpy()).all()
+    assert (table[table["kind"] == "noise"]["source2"] == -1).all()
+    # The rows are find_paths' results on the saved pairs (a separate call here).
+    (pairs_file,) = (out / "pairs").glob("adversarial-*.pt")
+    pairs = torch.load(pairs_file, weights_only=True)
+    res = find_paths(model, pairs["x1"], pairs["x2"], samples_per_segment=7, max_depth=2)
+    assert adv["connected"].tolist() == res.connected.tolist()
+    assert adv["anchors"].tolist() == res.n_anchors.tolist()
+    torch.testing.assert_close(torch.tensor(adv["length_ratio"].to_numpy()), res.length_ratio)
+    # Connected pairs have no failure text; the others name their reason.
+    assert ((table["failure"] == "") == table["connected"]).all()
+
+
+def test_paths_resumes_after_a_killed_run(tmp_path, monkeypatch):
+    out = tmp_path / "paths"
+    args = ["paths", "--kinds", "natural,noise", "--out", str(out)] + SMALL
+    calls = []
+
+    def killed_on_the_third_part(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return find_paths(*a, **k)
+
+    monkeypatch.setattr(paths_command, "find_paths", killed_on_the_third_part)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    done = sorted((out / "parts").iterdir())
+    assert len(done) == 2 and not (out / "paths.parquet").exists()  # whole parts only, no table
+    stamps = [p.stat().st_mtime_ns for p in done]
+    monkeypatch.undo()
+    calls.clear()
+    monkeypatch.setattr(paths_command, "find_paths", lambda *a, **k: calls.append(1) or find_paths(*a, **k))
+    assert main(args) == 0
+    assert len(calls) == 2  # only the two missing parts (3 pairs in chunks of 2, two kinds)
+    assert [p.stat().st_mtime_ns for p in done] == stamps
+    resumed = pd.read_parquet(out / "paths.parquet")
+    assert main(["paths", "--kinds", "natural,noise", "--out", str(tmp_path / "fresh")] + SMALL) == 0
+    pd.testing.assert_frame_equal(resumed, pd.read_parquet(tmp_path / "fresh" / "paths.parquet"))
+
+
+@pytest.mark.parametrize("option, value", [("--kinds", "natural,foo"), ("--kinds", "noise,noise"),
+                                           ("--max-depth", "-1"), ("--samples", "0"), ("--overshoot", "-1"),
+                                           ("--pairs", "x"), ("--eps", "0")])
+def test_paths_rejects_bad_values_in_one_line_naming_the_flag(option, value, capsys):
+    with pytest.raises(SystemExit):
+        main(["paths", f"{option}={value}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert option in err[-1] and "expected" in err[-1]
+
+
+def test_paths_needs_a_data_dir_for_mnist(tmp_path):
+    with pytest.raises(SystemExit, match="--data-dir"):
+        main(["paths", "--dataset", "mnist", "--out", str(tmp_path)])
