@@ -52,6 +52,7 @@ from curvext.utils.optional import optional_import
 logger = logging.getLogger(__name__)
 
 KINDS = ("natural", "adversarial", "noise")
+PART_FORMAT = 1  # in every part's key: a change of what a part holds never reads old parts
 PGD_BATCH = 256  # images attacked at a time, until enough adversarial pairs are found
 COLUMNS = ("kind", "pair", "source1", "source2", "label", "connected", "anchors", "pushed", "depth",
            "max_deviation", "length_ratio", "distance", "failure")
@@ -187,7 +188,8 @@ def _load_or_build_pairs(kind, model, ds, args, device, out: Path, digest: str) 
 
 
 def _find_chunk(model, pairs: dict, start: int, kind: str, args, device) -> dict:
-    """One part: the table's rows and the polylines (vertices, counts) of pairs start.. of kind."""
+    """One part: the table's rows and the polylines of pairs ``start..`` of ``kind``: ``vertices``
+    ``(sum(counts), *shape)``, pair after pair, ``counts[i]`` of them for pair i."""
     end = start + args.chunk
     res = find_paths(model, pairs["x1"][start:end].to(device), pairs["x2"][start:end].to(device),
                      samples_per_segment=args.samples, max_depth=args.max_depth, overshoot=args.overshoot,
@@ -198,7 +200,9 @@ def _find_chunk(model, pairs: dict, start: int, kind: str, args, device) -> dict
                 label=res.labels.tolist(), connected=res.connected.tolist(), anchors=res.n_anchors.tolist(),
                 pushed=res.n_pushed.tolist(), depth=res.depth.tolist(), max_deviation=res.max_deviation.tolist(),
                 length_ratio=res.length_ratio.tolist(), distance=res.distance.tolist(), failure=list(res.failures))
-    return dict(rows=rows, vertices=res.vertices.cpu(), counts=res.counts.cpu())
+    # The vertices of every pair one after another (no padding), ``counts`` of them each.
+    vertices = torch.cat([res.vertices[i, :c] for i, c in enumerate(res.counts.tolist())])
+    return dict(rows=rows, vertices=vertices.cpu(), counts=res.counts.cpu())
 
 
 def run(args) -> int:
@@ -212,8 +216,8 @@ def run(args) -> int:
     out = Path(args.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     digest = model_digest(model)
-    search = dict(model=digest, samples=args.samples, max_depth=args.max_depth, overshoot=args.overshoot,
-                  max_iter=args.max_iter)
+    search = dict(part_format=PART_FORMAT, model=digest, samples=args.samples, max_depth=args.max_depth,
+                  overshoot=args.overshoot, max_iter=args.max_iter)
     pairs = {kind: _load_or_build_pairs(kind, model, ds, args, device, out, digest) for kind in args.kinds}
     for kind, p in pairs.items():
         if len(p["x1"]) < args.pairs:
@@ -277,12 +281,13 @@ def _plot(model, parts, pairs, args, path: Path, device) -> Path:
     """The first ``--plot-paths`` paths of each kind: margins along the path and the segment."""
     panels = {kind: [] for kind in pairs}
     for kind, part in parts:
+        starts = [0] + part["counts"].cumsum(0).tolist()
         for i in range(len(part["counts"])):
             pair = part["rows"]["pair"][i]
             if pair >= args.plot_paths:
                 break
             label = part["rows"]["label"][i]
-            points, pos = polyline_points(part["vertices"][i, : int(part["counts"][i])].to(device), args.samples)
+            points, pos = polyline_points(part["vertices"][starts[i] : starts[i + 1]].to(device), args.samples)
             x1, x2 = pairs[kind]["x1"][pair : pair + 1].to(device), pairs[kind]["x2"][pair : pair + 1].to(device)
             straight, spos = polyline_points(torch.cat([x1, x2]), 4 * args.samples)
             panels[kind].append((pos.numpy(), _margins(model, points, label, args.batch_size), spos.numpy(),

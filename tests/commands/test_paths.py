@@ -46,6 +46,10 @@ def test_paths_writes_table_plot_and_summary(tmp_path, capsys):
     assert adv["connected"].tolist() == res.connected.tolist()
     assert adv["anchors"].tolist() == res.n_anchors.tolist()
     torch.testing.assert_close(torch.tensor(adv["length_ratio"].to_numpy()), res.length_ratio)
+    # The parts hold each pair's vertices, one pair after another.
+    parts = sorted((out / "parts").glob("adversarial-*.pt"))
+    vertices = torch.cat([torch.load(p, weights_only=True)["vertices"] for p in parts])
+    assert torch.equal(vertices, torch.cat([res.vertices[i, :c] for i, c in enumerate(res.counts.tolist())]))
     # Connected pairs have no failure text; the others name their reason.
     assert ((table["failure"] == "") == table["connected"]).all()
 
