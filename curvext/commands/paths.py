@@ -247,8 +247,9 @@ def run(args) -> int:
 
 
 def summary(table, kinds) -> str:
-    """Markdown table, one row per kind of pair; anchors, deviation and length over the
-    connected pairs."""
+    """Markdown table, one row per kind of pair: the shares connected and connected by the
+    straight segment; anchors, pushed anchors, depth, deviation and length over the connected
+    pairs; failures by reason."""
     lines = ["| kind | pairs | connected | straight | anchors mean / median / max | pushed mean | depth max | "
              "max deviation median | length ratio median | failures |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
@@ -264,8 +265,8 @@ def summary(table, kinds) -> str:
                  f"| {ok['anchors'].mean():.2f} / {ok['anchors'].median():.0f} / {ok['anchors'].max()} | "
                  f"{ok['pushed'].mean():.2f} | {ok['depth'].max()} | {ok['max_deviation'].median():.3f} | "
                  f"{ok['length_ratio'].median():.3f} |")
-        lines.append(f"| {kind} | {len(t)} | {100 * len(ok) / len(t):.0f}% | {100 * (t['anchors'] == 0).mean():.0f}% "
-                     f"{stats} {failures} |")
+        straight = 100 * (ok["anchors"] == 0).sum() / len(t)
+        lines.append(f"| {kind} | {len(t)} | {100 * len(ok) / len(t):.0f}% | {straight:.0f}% {stats} {failures} |")
     return "\n".join(lines)
 
 

@@ -95,3 +95,16 @@ def test_paths_rejects_bad_values_in_one_line_naming_the_flag(option, value, cap
 def test_paths_needs_a_data_dir_for_mnist(tmp_path):
     with pytest.raises(SystemExit, match="--data-dir"):
         main(["paths", "--dataset", "mnist", "--out", str(tmp_path)])
+
+
+def test_summary_rows():
+    table = pd.DataFrame(dict(kind=["natural"] * 4, connected=[True, True, True, False], anchors=[0, 0, 3, 5],
+                              pushed=[0, 0, 2, 5], depth=[0, 0, 2, 4], max_deviation=[0.0, 0.0, 0.3, 0.5],
+                              length_ratio=[1.0, 1.0, 1.5, 2.0],
+                              failure=["", "", "", "depth cap 4 reached: ..."]))
+    lines = paths_command.summary(table, ("natural", "noise")).splitlines()
+    # Anchors, depth, deviation and length over the three connected pairs; "straight" counts the
+    # connected pairs without anchors, out of all four.
+    assert lines[2] == "| natural | 4 | 75% | 50% | 1.00 / 0 / 3 | 0.67 | 2 | 0.000 | 1.000 | depth cap: 1 |"
+    assert lines[3] == "| noise | 0 | | | | | | | | |"
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
