@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from curvext.geometry.paths import FAILURE_KINDS, find_paths
+from curvext.geometry.paths import FAILURE_KINDS, find_paths, polyline_points
 
 
 class Linear(torch.nn.Module):
@@ -197,6 +197,28 @@ def test_zoo_cnn_natural_pairs_on_digits():
         assert abs(float(res.max_deviation[i]) - deviation) < 1e-9 and abs(float(res.length_ratio[i]) - ratio) < 1e-9
     # What the paper reports (regions connected, few anchors) is recorded in BENCHMARKS.md, not
     # asserted: it is a finding about trained models, not a property of the algorithm.
+
+
+def test_polyline_points_by_hand():
+    v = torch.tensor([[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
+    points, pos = polyline_points(v, 1)
+    torch.testing.assert_close(points, torch.tensor([[0, 0], [1.5, 0], [3, 0], [3, 2], [3, 4]], dtype=torch.float64))
+    torch.testing.assert_close(pos, torch.tensor([0, 1.5, 3, 5, 7], dtype=torch.float64) / 7)
+    points, pos = polyline_points(torch.zeros(2, 1, 2, 2), 3)  # length 0: evenly spaced positions
+    assert points.shape == (5, 1, 2, 2) and torch.equal(pos, torch.linspace(0, 1, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="samples_per_segment must be an int >= 1"):
+        polyline_points(v, 0)
+    with pytest.raises(ValueError, match=r"vertices must be an \(n, \*shape\) tensor"):
+        polyline_points(torch.zeros(3), 2)
+
+
+def test_identical_points_make_a_trivial_path():
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    res = find_paths(Ring().eval(), x, x.clone())
+    assert bool(res.connected[0]) and int(res.counts[0]) == 2
+    assert float(res.distance[0]) == 0 and float(res.length_ratio[0]) == 1 and float(res.max_deviation[0]) == 0
+    with pytest.raises(IndexError, match=r"i must lie in \[0, 1\)"):
+        res.polyline(1)
 
 
 def test_bad_input():
