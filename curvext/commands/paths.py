@@ -251,7 +251,7 @@ def summary(table, kinds) -> str:
     straight segment; anchors, pushed anchors, depth, deviation and length over the connected
     pairs; failures by reason."""
     lines = ["| kind | pairs | connected | straight | anchors mean / median / max | pushed mean | depth max | "
-             "max deviation median | length ratio median | failures |",
+             "max deviation median / max | length ratio median / max | failures |",
              "|---|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for kind in kinds:
         t = table[table["kind"] == kind]
@@ -263,8 +263,9 @@ def summary(table, kinds) -> str:
                              if t["failure"].str.startswith(k).any()) or "none"
         stats = ("| | | | | |" if len(ok) == 0 else
                  f"| {ok['anchors'].mean():.2f} / {ok['anchors'].median():.0f} / {ok['anchors'].max()} | "
-                 f"{ok['pushed'].mean():.2f} | {ok['depth'].max()} | {ok['max_deviation'].median():.3f} | "
-                 f"{ok['length_ratio'].median():.3f} |")
+                 f"{ok['pushed'].mean():.2f} | {ok['depth'].max()} | "
+                 f"{ok['max_deviation'].median():.3f} / {ok['max_deviation'].max():.3f} | "
+                 f"{ok['length_ratio'].median():.3f} / {ok['length_ratio'].max():.3f} |")
         straight = 100 * (ok["anchors"] == 0).sum() / len(t)
         lines.append(f"| {kind} | {len(t)} | {100 * len(ok) / len(t):.0f}% | {straight:.0f}% {stats} {failures} |")
     return "\n".join(lines)

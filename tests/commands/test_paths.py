@@ -105,6 +105,7 @@ def test_summary_rows():
     lines = paths_command.summary(table, ("natural", "noise")).splitlines()
     # Anchors, depth, deviation and length over the three connected pairs; "straight" counts the
     # connected pairs without anchors, out of all four.
-    assert lines[2] == "| natural | 4 | 75% | 50% | 1.00 / 0 / 3 | 0.67 | 2 | 0.000 | 1.000 | depth cap: 1 |"
+    assert lines[2] == ("| natural | 4 | 75% | 50% | 1.00 / 0 / 3 | 0.67 | 2 | 0.000 / 0.300 | 1.000 / 1.500 "
+                        "| depth cap: 1 |")
     assert lines[3] == "| noise | 0 | | | | | | | | |"
     assert all(line.count("|") == lines[0].count("|") for line in lines)
