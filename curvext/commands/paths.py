@@ -7,7 +7,8 @@ Three kinds of pairs, each two points with the same label c:
 * ``adversarial``: a PGD image (l-infinity, ``--eps``) whose label became c, and a test image of
   class c (not the one attacked).
 * ``noise``: a test image of class c, and a uniform-noise image pushed into class c by targeted
-  DeepFool (unclamped; one already in class c is kept as it is).
+  DeepFool with overshoot ``--noise-overshoot`` (unclamped; one already in class c is kept as it
+  is), so ``--overshoot`` changes the anchors of the same pairs.
 
 Writes ``paths.parquet`` (or .csv), one row per pair (kind, pair, source1, source2, label,
 connected, anchors, pushed, depth, max_deviation, length_ratio, distance, failure), and
@@ -72,8 +73,12 @@ def add_parser(sub) -> None:
                    help=f"points checked inside each segment (default {SAMPLES_PER_SEGMENT}; odd values nest)")
     p.add_argument("--max-depth", type=non_negative_int, default=MAX_DEPTH,
                    help=f"refinement levels at most (default {MAX_DEPTH}; 0: straight segments only)")
-    p.add_argument("--overshoot", type=non_negative_float, default=0.02, help="targeted DeepFool's overshoot")
+    p.add_argument("--overshoot", type=non_negative_float, default=0.02,
+                   help="targeted DeepFool's overshoot for the anchors (larger: anchors deeper inside the class, "
+                        "fewer levels needed; docs/method.md §6)")
     p.add_argument("--max-iter", type=positive_int, default=50, help="targeted DeepFool's steps at most")
+    p.add_argument("--noise-overshoot", type=non_negative_float, default=0.02,
+                   help="targeted DeepFool's overshoot when it pushes noise images into a class (noise pairs)")
     p.add_argument("--eps", type=positive_float, default=0.1, help="PGD l-infinity radius for adversarial pairs")
     p.add_argument("--pgd-steps", type=positive_int, default=40)
     p.add_argument("--seed", type=int, default=0, help="seeds the pairs, the noise and PGD's random starts")
@@ -160,8 +165,8 @@ def build_pairs(kind: str, model, images, labels, args, device) -> dict:
         move = (_predict(model, noise.to(device)).cpu() != target).nonzero().flatten()
         keep = torch.ones(len(src1), dtype=torch.bool)
         if len(move):
-            df = deepfool(model, noise[move].to(device), target=target[move].to(device), overshoot=args.overshoot,
-                          max_iter=args.max_iter)
+            df = deepfool(model, noise[move].to(device), target=target[move].to(device),
+                          overshoot=args.noise_overshoot, max_iter=args.max_iter)
             noise[move] = df.perturbed.detach().cpu()
             keep[move] = df.converged.cpu()
         src1 = [s for s, k in zip(src1, keep.tolist()) if k]
@@ -176,7 +181,7 @@ def _load_or_build_pairs(kind, model, ds, args, device, out: Path, digest: str) 
     if kind == "adversarial":
         settings.update(eps=args.eps, pgd_steps=args.pgd_steps)
     if kind == "noise":
-        settings.update(overshoot=args.overshoot, max_iter=args.max_iter)
+        settings.update(noise_overshoot=args.noise_overshoot, max_iter=args.max_iter)
     path = out / "pairs" / f"{kind}-{settings_key(settings)}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
