@@ -247,6 +247,11 @@ def run(args) -> int:
     if args.plot_paths:
         written.append(_plot(model, parts, pairs, args, out / "paths.png", device))
     print(summary(table, args.kinds))
+    capped = int(table["failure"].str.startswith("depth cap").sum())
+    if capped:
+        print(f"\n{capped} pair(s) stopped at the depth cap {args.max_depth}. Anchors pushed with overshoot "
+              f"{args.overshoot:g} sit close to the boundary, and chords between them can leave the region again "
+              "(docs/method.md §6): a larger --overshoot (0.5) or --max-depth may connect them.")
     print("\nwrote " + " and ".join(str(p) for p in written))
     return 0
 

@@ -50,8 +50,11 @@ def test_paths_writes_table_plot_and_summary(tmp_path, capsys):
     parts = sorted((out / "parts").glob("adversarial-*.pt"))
     vertices = torch.cat([torch.load(p, weights_only=True)["vertices"] for p in parts])
     assert torch.equal(vertices, torch.cat([res.vertices[i, :c] for i, c in enumerate(res.counts.tolist())]))
-    # Connected pairs have no failure text; the others name their reason.
+    # Connected pairs have no failure text; the others name their reason, and pairs stopped at
+    # the depth cap get a note on what to try.
     assert ((table["failure"] == "") == table["connected"]).all()
+    capped = int(table["failure"].str.startswith("depth cap").sum())
+    assert (f"{capped} pair(s) stopped at the depth cap 2" in printed) == (capped > 0)
 
 
 def test_paths_resumes_after_a_killed_run(tmp_path, monkeypatch):
