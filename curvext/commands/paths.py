@@ -249,9 +249,10 @@ def run(args) -> int:
     print(summary(table, args.kinds))
     capped = int(table["failure"].str.startswith("depth cap").sum())
     if capped:
+        larger = " (0.5)" if args.overshoot < 0.5 else ""
         print(f"\n{capped} pair(s) stopped at the depth cap {args.max_depth}. Anchors pushed with overshoot "
-              f"{args.overshoot:g} sit close to the boundary, and chords between them can leave the region again "
-              "(docs/method.md §6): a larger --overshoot (0.5) or --max-depth may connect them.")
+              f"{args.overshoot:g} can sit close to the boundary, and chords between them leave the region again "
+              f"(docs/method.md §6): a larger --overshoot{larger} or --max-depth may connect them.")
     print("\nwrote " + " and ".join(str(p) for p in written))
     return 0
 
