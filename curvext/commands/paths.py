@@ -12,8 +12,8 @@ Three kinds of pairs, each two points with the same label c:
 
 Writes ``paths.parquet`` (or .csv), one row per pair (kind, pair, source1, source2, label,
 connected, anchors, pushed, depth, max_deviation, length_ratio, distance, failure), and
-``paths.png``, the label margin ``f_c - max_other`` along the first ``--plot-paths`` paths of each
-kind next to their straight segments, and prints a table with a row per kind. The pairs of each
+``paths.png``, the label margin ``f_c - max_other`` along ``--plot-paths`` paths of each kind
+(those with anchors first) next to their straight segments, and prints a table with a row per kind. The pairs of each
 kind (``pairs/``) and the paths, in chunks of ``--chunk`` pairs (``parts/``), are saved as they
 finish, under names keyed by the model's weights, the images and the settings, so a killed run
 resumes where it stopped and another model or setting in the same folder never reads them.
@@ -84,7 +84,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the pairs, the noise and PGD's random starts")
     p.add_argument("--chunk", type=positive_int, default=25, help="pairs per saved part")
     p.add_argument("--batch-size", type=positive_int, default=8192, help="points per forward pass")
-    p.add_argument("--plot-paths", type=non_negative_int, default=3, help="paths of each kind in the plot")
+    p.add_argument("--plot-paths", type=non_negative_int, default=3,
+                   help="paths of each kind in the plot, those with anchors first (default 3; 0: no plot)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
     p.add_argument("--out", default="curvext-out/paths")
     p.add_argument("--cache", default=None, help="zoo cache folder")
@@ -246,6 +247,8 @@ def run(args) -> int:
     written = [table_path]
     if args.plot_paths:
         written.append(_plot(model, parts, pairs, args, out / "paths.png", device))
+    else:
+        (out / "paths.png").unlink(missing_ok=True)  # an earlier run's plot would not be this table's
     print(summary(table, args.kinds))
     capped = int(table["failure"].str.startswith("depth cap").sum())
     if capped:
@@ -290,21 +293,35 @@ def _margins(model, points, label: int, batch_size: int) -> np.ndarray:
     return (logits[:, label] - others.amax(1)).double().cpu().numpy()
 
 
+def plot_choice(rows: list[tuple[int, bool, int]], n: int) -> list[int]:
+    """The ``n`` pairs of a kind to plot, from ``(pair, connected, anchors)`` rows: connected paths
+    with anchors first (most anchors first), then failed ones, then straight segments, each group
+    in pair order."""
+    group = {pair: (0 if ok and a > 0 else 1 if not ok else 2, -a if ok else 0) for pair, ok, a in rows}
+    return sorted(group, key=lambda pair: (*group[pair], pair))[:n]
+
+
 def _plot(model, parts, pairs, args, path: Path, device) -> Path:
-    """The first ``--plot-paths`` paths of each kind: margins along the path and the segment."""
-    panels = {kind: [] for kind in pairs}
+    """``--plot-paths`` paths of each kind (see :func:`plot_choice`): the margin along the path
+    and along the straight segment."""
+    where = {}  # (kind, pair) -> (part, row)
     for kind, part in parts:
-        starts = [0] + part["counts"].cumsum(0).tolist()
-        for i in range(len(part["counts"])):
-            pair = part["rows"]["pair"][i]
-            if pair >= args.plot_paths:
-                break
+        for i, pair in enumerate(part["rows"]["pair"]):
+            where[kind, pair] = (part, i)
+    panels = {}
+    for kind in pairs:
+        rows = [(pair, part["rows"]["connected"][i], part["rows"]["anchors"][i])
+                for (k, pair), (part, i) in where.items() if k == kind]
+        panels[kind] = []
+        for pair in plot_choice(rows, args.plot_paths):
+            part, i = where[kind, pair]
+            start = int(part["counts"][:i].sum())
+            vertices = part["vertices"][start : start + int(part["counts"][i])].to(device)
             label = part["rows"]["label"][i]
-            points, pos = polyline_points(part["vertices"][starts[i] : starts[i + 1]].to(device), args.samples)
-            x1, x2 = pairs[kind]["x1"][pair : pair + 1].to(device), pairs[kind]["x2"][pair : pair + 1].to(device)
-            straight, spos = polyline_points(torch.cat([x1, x2]), 4 * args.samples)
+            points, pos = polyline_points(vertices, args.samples)
+            straight, spos = polyline_points(vertices[[0, -1]], 4 * args.samples)
             panels[kind].append((pos.numpy(), _margins(model, points, label, args.batch_size), spos.numpy(),
                                  _margins(model, straight, label, args.batch_size)))
     with atomic_path(path) as tmp:
-        plots.path_margins(panels, tmp)
+        plots.path_margins(panels, tmp, title="label margin along paths (Algorithm 1; paths with anchors first)")
     return path

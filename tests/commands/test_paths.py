@@ -115,3 +115,10 @@ def test_summary_rows():
                         "| depth cap: 1 |")
     assert lines[3] == "| noise | 0 | | | | | | | | |"
     assert all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_plot_choice_prefers_paths_with_anchors():
+    rows = [(0, True, 0), (1, False, 4), (2, True, 2), (3, True, 5), (4, True, 0), (5, False, 0)]
+    assert paths_command.plot_choice(rows, 3) == [3, 2, 1]
+    assert paths_command.plot_choice(rows, 10) == [3, 2, 1, 5, 0, 4]
+    assert paths_command.plot_choice(rows, 0) == []
