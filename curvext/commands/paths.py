@@ -320,7 +320,8 @@ def _plot(model, parts, pairs, args, path: Path, device) -> Path:
             label = part["rows"]["label"][i]
             points, pos = polyline_points(vertices, args.samples)
             straight, spos = polyline_points(vertices[[0, -1]], 4 * args.samples)
-            panels[kind].append((pos.numpy(), _margins(model, points, label, args.batch_size), spos.numpy(),
+            name = f"pair {pair} ({part['rows']['anchors'][i]} anchors)"
+            panels[kind].append((name, pos.numpy(), _margins(model, points, label, args.batch_size), spos.numpy(),
                                  _margins(model, straight, label, args.batch_size)))
     with atomic_path(path) as tmp:
         plots.path_margins(panels, tmp, title="label margin along paths (Algorithm 1; paths with anchors first)")

@@ -77,16 +77,16 @@ def path_margins(panels: dict, path, title: str = "label margin along paths (Alg
     panel per kind of pair: the path found (solid, > 0 wherever it stays in the class) and the
     straight segment between the same two points (dotted, same colour).
 
-    ``panels``: ``{kind: [(pos, margin, straight_pos, straight_margin), ...]}``, 1-D arrays;
-    positions are fractions of each curve's length in ``[0, 1]``."""
+    ``panels``: ``{kind: [(name, pos, margin, straight_pos, straight_margin), ...]}``, a legend
+    name and 1-D arrays; positions are fractions of each curve's length in ``[0, 1]``."""
     plt = _pyplot()
     kinds = list(panels)
     fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(4.5 * max(len(kinds), 1), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
-        for n, (pos, margin, spos, smargin) in enumerate(panels[kind]):
+        for n, (name, pos, margin, spos, smargin) in enumerate(panels[kind]):
             color = f"C{n % 10}"
-            ax.plot(np.asarray(pos), np.asarray(margin), color=color, lw=1.3, label=f"pair {n}: path")
-            ax.plot(np.asarray(spos), np.asarray(smargin), color=color, lw=1.0, ls=":", label=f"pair {n}: straight")
+            ax.plot(np.asarray(pos), np.asarray(margin), color=color, lw=1.3, label=f"{name}: path")
+            ax.plot(np.asarray(spos), np.asarray(smargin), color=color, lw=1.0, ls=":", label=f"{name}: straight")
         ax.axhline(0.0, color="gray", lw=0.8)
         ax.set_xlabel("position along the curve (fraction of its length)")
         ax.set_title(kind)

@@ -9,7 +9,7 @@ from curvext.evaluation import plots
 def test_path_margins_one_panel_per_kind(tmp_path):
     mpimg = __import__("matplotlib.image", fromlist=["imread"])
     pos = np.linspace(0, 1, 20)
-    curve = (pos, 1 - pos, pos, np.cos(3 * pos))
+    curve = ("pair 0", pos, 1 - pos, pos, np.cos(3 * pos))
     path = tmp_path / "m.png"
     plots.path_margins({"natural": [curve, curve], "noise": [curve], "adversarial": []}, path)
     height, width, _ = mpimg.imread(path).shape
