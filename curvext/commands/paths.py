@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("natural", "adversarial", "noise")
 PART_FORMAT = 1  # in every part's key: a change of what a part holds never reads old parts
+LABEL_TIE = ("labels differ",)  # the command's own failure: a pair's ends labelled apart (see _find_chunk)
 PGD_BATCH = 256  # images attacked at a time, until enough adversarial pairs are found
 COLUMNS = ("kind", "pair", "source1", "source2", "label", "connected", "anchors", "pushed", "depth",
            "max_deviation", "length_ratio", "distance", "failure")
@@ -193,22 +194,45 @@ def _load_or_build_pairs(kind, model, ds, args, device, out: Path, digest: str) 
     return pairs
 
 
+def _labels_as_find_paths_sees_them(model, x1, x2, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labels of x1 and x2 from the same batches find_paths labels them in (``cat([x1, x2])``
+    in slices of ``batch_size``): a point within float rounding of the boundary can change label
+    with the batch, and find_paths refuses a pair whose ends differ."""
+    both = _predict(model, torch.cat([x1, x2]), batch_size)
+    return both[: len(x1)], both[len(x1) :]
+
+
 def _find_chunk(model, pairs: dict, start: int, kind: str, args, device) -> dict:
     """One part: the table's rows and the polylines of pairs ``start..`` of ``kind``: ``vertices``
-    ``(sum(counts), *shape)``, pair after pair, ``counts[i]`` of them for pair i."""
+    ``(sum(counts), *shape)``, pair after pair, ``counts[i]`` of them for pair i. A pair whose
+    ends get different labels here (a tie at the boundary) keeps its straight segment and the
+    failure "labels differ"."""
     end = start + args.chunk
-    res = find_paths(model, pairs["x1"][start:end].to(device), pairs["x2"][start:end].to(device),
-                     samples_per_segment=args.samples, max_depth=args.max_depth, overshoot=args.overshoot,
-                     max_iter=args.max_iter, batch_size=args.batch_size)
-    n = res.counts.shape[0]
-    rows = dict(kind=[kind] * n, pair=list(range(start, start + n)),
-                source1=pairs["source1"][start:end].tolist(), source2=pairs["source2"][start:end].tolist(),
-                label=res.labels.tolist(), connected=res.connected.tolist(), anchors=res.n_anchors.tolist(),
-                pushed=res.n_pushed.tolist(), depth=res.depth.tolist(), max_deviation=res.max_deviation.tolist(),
-                length_ratio=res.length_ratio.tolist(), distance=res.distance.tolist(), failure=list(res.failures))
+    x1, x2 = pairs["x1"][start:end].to(device), pairs["x2"][start:end].to(device)
+    l1, l2 = _labels_as_find_paths_sees_them(model, x1, x2, args.batch_size)
+    same = (l1 == l2).cpu()
+    n = len(x1)
+    rows = dict(kind=[kind] * n, pair=list(range(start, start + n)), source1=pairs["source1"][start:end].tolist(),
+                source2=pairs["source2"][start:end].tolist(), label=l1.tolist(), connected=[False] * n,
+                anchors=[0] * n, pushed=[0] * n, depth=[0] * n, max_deviation=[0.0] * n, length_ratio=[1.0] * n,
+                distance=(x2 - x1).flatten(1).double().norm(dim=1).tolist(),
+                failure=[f"labels differ: {int(a)} and {int(b)} (an end at the boundary)" for a, b in zip(l1, l2)])
+    counts, vertices = [2] * n, [torch.stack([x1[i], x2[i]]) for i in range(n)]
+    if bool(same.any()):
+        ok = same.nonzero().flatten().tolist()
+        res = find_paths(model, x1[ok], x2[ok], samples_per_segment=args.samples, max_depth=args.max_depth,
+                         overshoot=args.overshoot, max_iter=args.max_iter, batch_size=args.batch_size)
+        for r, i in enumerate(ok):
+            for column, values in (("connected", res.connected), ("anchors", res.n_anchors),
+                                   ("pushed", res.n_pushed), ("depth", res.depth),
+                                   ("max_deviation", res.max_deviation), ("length_ratio", res.length_ratio),
+                                   ("distance", res.distance)):
+                rows[column][i] = values[r].item()
+            rows["failure"][i] = res.failures[r]
+            counts[i] = int(res.counts[r])
+            vertices[i] = res.vertices[r, : counts[i]]
     # The vertices of every pair one after another (no padding), ``counts`` of them each.
-    vertices = torch.cat([res.vertices[i, :c] for i, c in enumerate(res.counts.tolist())])
-    return dict(rows=rows, vertices=vertices.cpu(), counts=res.counts.cpu())
+    return dict(rows=rows, vertices=torch.cat(vertices).cpu(), counts=torch.tensor(counts))
 
 
 def run(args) -> int:
@@ -273,7 +297,7 @@ def summary(table, kinds) -> str:
         if len(t) == 0:
             lines.append(f"| {kind} | 0 | | | | | | | | |")
             continue
-        failures = ", ".join(f"{k}: {int(t['failure'].str.startswith(k).sum())}" for k in FAILURE_KINDS
+        failures = ", ".join(f"{k}: {int(t['failure'].str.startswith(k).sum())}" for k in FAILURE_KINDS + LABEL_TIE
                              if t["failure"].str.startswith(k).any()) or "none"
         stats = ("| | | | | |" if len(ok) == 0 else
                  f"| {ok['anchors'].mean():.2f} / {ok['anchors'].median():.0f} / {ok['anchors'].max()} | "

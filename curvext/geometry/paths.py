@@ -238,6 +238,12 @@ def find_paths(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, *,
         need = (mid_labels != c[idx]).nonzero().flatten()
         ok = torch.ones(len(split), dtype=torch.bool, device=x1.device)
         if need.numel():
+            # Labelled again as DeepFool will label them (one batch of exactly these points): a
+            # midpoint on a tie could change label with the batch, and DeepFool refuses a target
+            # that is already the label.
+            with torch.no_grad():
+                need = need[model(mids[need]).argmax(dim=1) != c[idx][need]]
+        if need.numel():
             df = deepfool(model, mids[need], overshoot=overshoot, max_iter=max_iter, target=c[idx][need])
             mids[need] = df.perturbed.to(mids.dtype)
             ok[need] = df.converged

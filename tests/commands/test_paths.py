@@ -122,3 +122,23 @@ def test_plot_choice_prefers_paths_with_anchors():
     assert paths_command.plot_choice(rows, 3) == [3, 2, 1]
     assert paths_command.plot_choice(rows, 10) == [3, 2, 1, 5, 0, 4]
     assert paths_command.plot_choice(rows, 0) == []
+
+
+def test_a_pair_whose_ends_tie_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
+    """A pair whose two ends get different labels in the command's batches (an end within
+    rounding of the boundary) is a row with the failure "labels differ"; the others are searched."""
+    real = paths_command._labels_as_find_paths_sees_them
+
+    def tie_first(model, x1, x2, batch_size):
+        l1, l2 = real(model, x1, x2, batch_size)
+        l2 = l2.clone()
+        l2[0] = (l1[0] + 1) % 10
+        return l1, l2
+
+    monkeypatch.setattr(paths_command, "_labels_as_find_paths_sees_them", tie_first)
+    out = tmp_path / "paths"
+    assert main(["paths", "--kinds", "natural", "--out", str(out)] + SMALL) == 0
+    table = pd.read_parquet(out / "paths.parquet")
+    assert table["failure"].str.startswith("labels differ").tolist() == [True, False, True]  # chunks of 2
+    assert table["connected"].tolist() == [False, True, False]
+    assert "labels differ: 2" in capsys.readouterr().out
