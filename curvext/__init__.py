@@ -34,6 +34,9 @@ _LAZY = {
     "shared_subspace": "curvext.geometry.subspace",
     "subspace_vulnerability": "curvext.geometry.subspace",
     "Vulnerability": "curvext.geometry.subspace",
+    # Algorithm 1: paths inside classification regions
+    "find_paths": "curvext.geometry.paths",
+    "PathResult": "curvext.geometry.paths",
     # Algorithm 2 and its evaluation
     "CurvatureDetector": "curvext.detection.detector",
     "DetectorConfig": "curvext.detection.config",

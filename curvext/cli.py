@@ -21,7 +21,7 @@ from curvext.utils.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_en
 #: missing optional package): one line on stderr and exit status 2, the traceback only with --debug
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                ImportError)
-COMMAND_MODULES = ("demo", "evaluate", "calibrate", "detect", "profile")
+COMMAND_MODULES = ("demo", "evaluate", "calibrate", "detect", "profile", "paths")
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):

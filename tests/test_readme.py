@@ -22,7 +22,7 @@ def run_block(marker: str) -> dict:
 
 
 def test_every_python_block_is_covered():
-    markers = ("curvext.lanczos(", "curvext.CurvatureDetector(", "curvext.CurvatureMonitor(")
+    markers = ("curvext.lanczos(", "curvext.CurvatureDetector(", "curvext.CurvatureMonitor(", "curvext.find_paths(")
     for block in python_blocks():
         assert any(m in block for m in markers), f"README python block not run by a test:\n{block[:200]}"
 
@@ -66,3 +66,18 @@ def test_training_loop_example():
     for name in ("curvature", "rho", "grad_norm"):
         assert all(torch.isfinite(torch.tensor([r[f"{name}_median"], r[f"{name}_max"]])).all() for r in history)
     assert ns["model"].training  # the monitor gave the model back in train mode
+
+
+def test_paths_example(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path))  # train into a scratch cache, not ~/.cache
+    ns = run_block("curvext.find_paths(")
+    res, model = ns["res"], ns["zm"].model
+    assert res.connected.shape == res.n_anchors.shape == res.length_ratio.shape == (10,)
+    assert (res.labels == 3).all() and len(res.failures) == 10
+    # The comment's claim: a connected path has label 3 at every point the search checked.
+    points, pos = ns["points"], ns["pos"]
+    assert points.shape[1:] == (1, 8, 8) and pos.shape == (points.shape[0],)
+    if res.connected[0]:
+        with torch.no_grad():
+            assert (model(points).argmax(1) == 3).all()
+    assert ((res.n_anchors == 0) <= (res.length_ratio == 1)).all()  # no anchor: the straight segment

@@ -35,6 +35,22 @@ def fraction(text: str) -> float:
     return _finite_float(text, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
 
 
+def choice_list(choices: tuple[str, ...]):
+    """An argparse type: ``"a,b"`` -> ``("a", "b")``, each one of ``choices``, no repeats, at
+    least one."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(item.strip() for item in text.split(",") if item.strip())
+        wrong = [item for item in items if item not in choices]
+        if not items or wrong or len(set(items)) != len(items):
+            raise argparse.ArgumentTypeError(f"expected one or more of {', '.join(choices)} separated by commas "
+                                             f"(no repeats), got {text!r}")
+        return items
+
+    parse.__name__ = "choice_list"  # argparse names the type in some messages
+    return parse
+
+
 def _finite_float(text: str, minimum_ok, expected: str) -> float:
     try:
         value = float(text)

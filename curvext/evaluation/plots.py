@@ -96,3 +96,30 @@ def rho_against_threshold(rho: np.ndarray, threshold: float, orientation: str, p
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def path_margins(panels: dict, path, title: str = "label margin along paths (Algorithm 1)") -> None:
+    """Label margin ``f_c - max_{j != c} f_j`` along paths between two points of class c, one
+    panel per kind of pair: the path found (solid, > 0 wherever it stays in the class) and the
+    straight segment between the same two points (dotted, same colour).
+
+    ``panels``: ``{kind: [(name, pos, margin, straight_pos, straight_margin), ...]}``, a legend
+    name and 1-D arrays; positions are fractions of each curve's length in ``[0, 1]``."""
+    plt = _pyplot()
+    kinds = list(panels)
+    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(4.5 * max(len(kinds), 1), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for n, (name, pos, margin, spos, smargin) in enumerate(panels[kind]):
+            color = f"C{n % 10}"
+            ax.plot(np.asarray(pos), np.asarray(margin), color=color, lw=1.3, label=f"{name}: path")
+            ax.plot(np.asarray(spos), np.asarray(smargin), color=color, lw=1.0, ls=":", label=f"{name}: straight")
+        ax.axhline(0.0, color="gray", lw=0.8)
+        ax.set_xlabel("position along the curve (fraction of its length)")
+        ax.set_title(kind)
+        if panels[kind]:
+            ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(r"$f_c - \max_{j \neq c} f_j$")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

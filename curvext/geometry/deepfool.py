@@ -1,9 +1,12 @@
 """Batched l2 DeepFool (Moosavi-Dezfooli et al. 2016): minimal perturbations to the boundary.
 
-Each iteration linearises ``F_k = f_k - f_orig`` for the candidate classes k, steps to the
-nearest linearised boundary, ``r = (|F_k| + 1e-4) g_k / ||g_k||^2`` with
-``k = argmin |F_k| / ||g_k||``, and repeats until the label of ``x + (1 + overshoot) r_total``
-changes (untargeted) or becomes the target (targeted). Samples that succeed stop costing work.
+Each iteration linearises ``F_k = f_k - f_cur`` (``cur`` the label of the current point) for the
+candidate classes k, steps to the nearest linearised boundary, ``r = (|F_k| + 1e-4) g_k / ||g_k||^2``
+with ``k = argmin |F_k| / ||g_k||``, and repeats until the label of ``x + (1 + overshoot) r_total``
+changes (untargeted) or becomes the target (targeted). Untargeted, ``cur`` is the original label
+until the run stops; targeted, a point that crossed into a third class is measured against that
+class, so each step aims at the target's boundary with the class in the way. Samples that succeed
+stop costing work.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from curvext.utils import model_checks
 class DeepFoolResult:
     """Outcome for B images.
 
-    perturbed: ``(B, C, H, W)`` ``x + perturbation``, just across the boundary.
-    perturbation: ``(B, C, H, W)`` ``(1 + overshoot) * r_total``.
+    perturbed: ``(B, *shape)`` (images: ``(B, C, H, W)``) ``x + perturbation``, just across the
+        boundary.
+    perturbation: ``(B, *shape)`` ``(1 + overshoot) * r_total``.
     original: ``(B,)`` int64, the model's label of x.
     labels: ``(B,)`` int64, the model's label of ``perturbed``.
     iterations: ``(B,)`` int64, linearisation steps each sample took.
@@ -44,16 +48,18 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, *, overshoot: float = 0.02
     """Batched l2 DeepFool.
 
     Args:
-        model: classifier in eval mode, ``(B, C, H, W) -> (B, L)`` logits.
-        x: ``(B, C, H, W)`` images (no range is imposed: the minimal perturbation is unclamped).
+        model: classifier in eval mode, ``(B, *shape) -> (B, L)`` logits.
+        x: ``(B, *shape)`` inputs: images ``(B, C, H, W)`` or plain vectors ``(B, d)`` (no range is
+            imposed: the minimal perturbation is unclamped).
         overshoot: eta; the final point is ``x + (1 + eta) r_total``.
         max_iter: linearisation steps at most.
         num_classes: untargeted candidates: the ``num_classes`` top-scoring classes of x
             (including its own; all when the model has fewer); None for all.
-        target: ``(B,)`` int64 classes for a targeted attack (each must differ from the label).
+        target: ``(B,)`` int64 classes for a targeted attack (each must differ from the label);
+            the run ends when the label is the target, and ``converged`` says whether it got there.
     """
     model_checks.require_eval(model, "model")
-    model_checks.check_images(x, "x", input_range=None)
+    model_checks.check_batch(x, "x")
     if not overshoot >= 0:
         raise ValueError(f"overshoot must be >= 0, got {overshoot!r}")
     if not isinstance(max_iter, int) or max_iter < 1:
@@ -97,7 +103,7 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, *, overshoot: float = 0.02
         if not bool(keep.any()):
             break
         active, xa_logits = active[keep], logits[keep]
-        r_step = _linearised_step(xa, xa_logits, keep, original[active], candidates[active])
+        r_step = _linearised_step(xa, xa_logits, keep, label[keep], candidates[active])
         r_total[active] += r_step
         iterations[active] += 1
     perturbation = (1 + overshoot) * r_total
@@ -109,7 +115,8 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, *, overshoot: float = 0.02
 
 
 def _linearised_step(xa, logits, keep, orig, candidates):
-    """Step to the nearest linearised boundary for the rows ``keep`` of ``xa`` (b, ...)."""
+    """Step to the nearest linearised boundary ``f_k = f_orig`` (``orig``: the current labels of
+    the kept rows) for the rows ``keep`` of ``xa`` (b, ...)."""
     b, C = candidates.shape
     rows = torch.arange(b, device=xa.device)
     f_orig = logits[rows, orig]

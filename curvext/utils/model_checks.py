@@ -88,12 +88,14 @@ def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def check_images(x: torch.Tensor, name: str = "x", input_range: tuple | None = (0.0, 1.0)) -> None:
-    """``x`` must be a floating ``(B, C, H, W)`` batch, B >= 1, finite, inside ``input_range``."""
+def check_batch(x: torch.Tensor, name: str = "x", noun: str = "sample") -> None:
+    """``x`` must be a floating ``(B, *shape)`` batch with B >= 1 and at least one dimension per
+    sample (images, or plain vectors for analytic models), with finite values."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be a (B, C, H, W) batch of images, got shape {tuple(x.shape)}")
+    if x.dim() < 2:
+        raise ValueError(f"{name} must be a (B, *shape) batch with at least one dimension per sample, "
+                         f"got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (B = 0)")
     if not x.is_floating_point():
@@ -101,7 +103,16 @@ def check_images(x: torch.Tensor, name: str = "x", input_range: tuple | None = (
     finite = torch.isfinite(x).flatten(1).all(dim=1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
-        raise ValueError(f"{name} must be finite; non-finite values in image(s) {bad[:10]}")
+        raise ValueError(f"{name} must be finite; non-finite values in {noun}(s) {bad[:10]}")
+
+
+def check_images(x: torch.Tensor, name: str = "x", input_range: tuple | None = (0.0, 1.0)) -> None:
+    """``x`` must be a floating ``(B, C, H, W)`` batch, B >= 1, finite, inside ``input_range``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a (B, C, H, W) batch of images, got shape {tuple(x.shape)}")
+    check_batch(x, name, noun="image")
     if input_range is not None:
         lo, hi = input_range
         outside = ((x < lo) | (x > hi)).flatten(1).any(dim=1)

@@ -66,6 +66,40 @@ def test_targeted_reaches_target():
     assert torch.equal(res.labels, target) and res.converged.all()
 
 
+class Chain(torch.nn.Module):
+    """Logits ``(0, 2 x_0 - 1, 4 x_0 - 4)`` of ``(B, d)`` vectors: class 0 for ``x_0 < 0.5``, class
+    1 on ``(0.5, 1.5)``, class 2 for ``x_0 > 1.5``. From the origin, class 1 lies between class 0
+    and class 2, and the nearest point of class 2 is ``1.5 e_0``."""
+
+    def forward(self, x):
+        t = x[:, :1]
+        return torch.cat([torch.zeros_like(t), 2 * t - 1, 4 * t - 4], dim=1)
+
+
+def test_targeted_through_a_class_in_the_way_lands_near_the_nearest_target_point():
+    x = torch.zeros(3, 5, dtype=torch.float64)
+    res = deepfool(Chain().eval(), x, target=torch.full((3,), 2), overshoot=0.02)
+    assert torch.equal(res.labels, torch.full((3,), 2)) and res.converged.all()
+    # Step 1 goes to the 0|2 line x_0 = 1 (inside class 1); step 2 aims at the 1|2 boundary
+    # x_0 = 1.5: r_total = 1.4800495 (two steps with the 1e-4 offsets), times 1.02. Measured
+    # against class 0 instead, the steps grow geometrically past 1.5 and stop at 1.674.
+    torch.testing.assert_close(res.norms, torch.full((3,), 1.02 * 1.4800495, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+    assert bool((res.norms >= 1.5).all()) and bool((res.perturbation[:, 1:] == 0).all())
+    assert (res.iterations == 2).all()
+
+
+def test_plain_vectors_are_accepted():
+    model = Linear(L=2, d=16).eval()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    flat = deepfool(model, x, overshoot=0.0)
+    images = deepfool(model, x.reshape(4, 1, 4, 4), overshoot=0.0)
+    assert flat.perturbed.shape == (4, 16)
+    torch.testing.assert_close(flat.norms, images.norms, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match=r"x must be a \(B, \*shape\) batch"):
+        deepfool(model, torch.randn(4, dtype=torch.float64))
+
+
 def test_finished_samples_stop_costing_work():
     model = Linear(L=3).eval()
     x = torch.randn(8, 1, 4, 4, dtype=torch.float64)

@@ -99,3 +99,22 @@ def test_tracing_leaves_the_users_model_alone():
 def test_adaptive_max_pool_modules():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveMaxPool2d(2), torch.nn.Tanh())
     assert is_piecewise_linear(model)
+
+
+def test_check_batch_takes_any_sample_shape_and_names_the_argument():
+    from curvext.utils.model_checks import check_batch, check_images
+
+    check_batch(torch.zeros(3, 2), "x1")
+    check_batch(torch.zeros(3, 1, 8, 8), "x1")
+    for bad, kind, message in [(torch.zeros(3), ValueError, r"x1 must be a \(B, \*shape\) batch"),
+                               (torch.zeros(0, 2), ValueError, r"x1 is an empty batch"),
+                               (torch.zeros(2, 2, dtype=torch.long), TypeError, "x1 must be a floating-point"),
+                               (torch.tensor([[0.0], [float("nan")]]), ValueError, r"sample\(s\) \[1\]"),
+                               ([[0.0]], TypeError, "x1 must be a torch.Tensor")]:
+        with pytest.raises(kind, match=message):
+            check_batch(bad, "x1")
+    # Images keep their own wording.
+    with pytest.raises(ValueError, match=r"x must be a \(B, C, H, W\) batch"):
+        check_images(torch.zeros(3, 2))
+    with pytest.raises(ValueError, match=r"image\(s\) \[0\]"):
+        check_images(torch.full((1, 1, 2, 2), float("inf")), input_range=None)
