@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from curvext.utils.reprs import ShortRepr
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Dataset", "load_digits", "load_mnist", "load_image_folder", "MNIST_FILES", "IMAGE_SUFFIXES"]
@@ -30,8 +32,8 @@ MNIST_FILES = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-@dataclass(frozen=True)
-class Dataset:
+@dataclass(frozen=True, repr=False)
+class Dataset(ShortRepr):
     """Images and labels.
 
     Attributes:

@@ -34,12 +34,13 @@ from curvext.detection.recovery import recovered_labels
 from curvext.detection.scoring import Scores, random_directions, score_images
 from curvext.utils import model_checks
 from curvext.utils.cache_keys import model_digest
+from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Detection:
+@dataclass(frozen=True, repr=False)
+class Detection(ShortRepr):
     """perturbed ``(B,)`` bool; predicted, recovered ``(B,)`` int64 (recovered = predicted where
     not flagged); rho ``(B,)``."""
 

@@ -12,6 +12,7 @@ from curvext.adversarial.attacks import pgd
 from curvext.detection.config import ORIENTATIONS, DetectorConfig
 from curvext.detection.recovery import RECOVERY_RULES, recovered_labels
 from curvext.detection.scoring import Scores
+from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +20,8 @@ PROBE_RADII = (0.25, 0.5, 1.0)  # fractions of the probe radius tried in turn
 PROBE_STEPS = 20
 
 
-@dataclass(frozen=True)
-class ProbeResult:
+@dataclass(frozen=True, repr=False)
+class ProbeResult(ShortRepr):
     """images: ``(n, C, H, W)`` the probe images whose label the PGD changed; labels: ``(n,)``
     int64 their clean labels; flipped: ``(N,)`` bool, which clean images they came from;
     radius: the largest radius tried (input units)."""

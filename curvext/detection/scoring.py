@@ -25,14 +25,15 @@ from curvext.curvature.quadratic_forms import (
 from curvext.detection.config import DetectorConfig
 from curvext.detection.deflated import deflated_class_curvatures
 from curvext.utils import model_checks
+from curvext.utils.reprs import ShortRepr
 
 #: ``(x (b, *shape), V (T, *shape)) -> (logits, predicted, cls, sums)``: the exact sums of
 #: :func:`curvext.curvature.quadratic_forms.scored_class_curvature_sums`, e.g. compiled.
 ExactSums = Callable[[torch.Tensor, torch.Tensor], tuple]
 
 
-@dataclass(frozen=True)
-class Scores:
+@dataclass(frozen=True, repr=False)
+class Scores(ShortRepr):
     """Algorithm 2's statistics for B images.
 
     rho: ``(B,)`` mean normal curvature (docs/method.md §1 sign convention).

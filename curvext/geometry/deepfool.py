@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from curvext.utils import model_checks
+from curvext.utils.reprs import ShortRepr
 
 
-@dataclass(frozen=True)
-class DeepFoolResult:
+@dataclass(frozen=True, repr=False)
+class DeepFoolResult(ShortRepr):
     """Outcome for B images.
 
     perturbed: ``(B, *shape)`` (images: ``(B, C, H, W)``) ``x + perturbation``, just across the

@@ -30,6 +30,7 @@ import torch
 
 from curvext.geometry.deepfool import deepfool
 from curvext.utils import model_checks
+from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ MAX_DEPTH = 10
 FAILURE_KINDS = ("depth cap", "DeepFool")
 
 
-@dataclass(frozen=True)
-class PathResult:
+@dataclass(frozen=True, repr=False)
+class PathResult(ShortRepr):
     """Paths for B pairs.
 
     vertices: ``(B, V, *shape)`` the polylines' vertices in order, ``x1`` first and ``x2`` last,

@@ -9,12 +9,13 @@ import torch
 from curvext.curvature.operators import CurvatureOperator
 from curvext.geometry.deepfool import deepfool
 from curvext.linalg import lanczos
+from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CurvatureProfile:
+@dataclass(frozen=True, repr=False)
+class CurvatureProfile(ShortRepr):
     """Principal curvatures of B boundaries (sign convention: docs/method.md §1, see curvext.curvature.operators).
 
     values: ``(B, m)`` ascending: the k most negative then the k most positive (m = 2k), or the

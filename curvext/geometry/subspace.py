@@ -11,6 +11,7 @@ from curvext.geometry.deepfool import deepfool
 from curvext.geometry.profiles import curvature_points, principal_curvatures
 from curvext.linalg import lanczos
 from curvext.utils import model_checks
+from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ def shared_subspace(model, x: torch.Tensor, *, dim: int, recipe: str = "stack", 
     return res.eigenvectors.reshape(dim, d).T.contiguous()
 
 
-@dataclass(frozen=True)
-class Vulnerability:
+@dataclass(frozen=True, repr=False)
+class Vulnerability(ShortRepr):
     """Fooling rates ``(len(norms),)`` of random noise inside the subspace and inside random
     subspaces of the same dimension, at the same l2 norms; ``deepfool_share`` ``(N,)`` the share
     ``||U^T r|| / ||r||`` of each DeepFool perturbation in the subspace; ``chance`` ``sqrt(dim/d)``."""

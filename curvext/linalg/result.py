@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 import torch
 
+from curvext.utils.reprs import ShortRepr
 
-@dataclass(frozen=True)
-class EigResult:
+
+@dataclass(frozen=True, repr=False)
+class EigResult(ShortRepr):
     """Selected eigenpairs of B independent symmetric operators.
 
     Attributes:

@@ -11,10 +11,11 @@ import torch
 from curvext.data.datasets import Dataset
 from curvext.data.image_folder import ImageFileDataset, Manifest, Preprocessing
 from curvext.utils.cache_keys import tensor_digest
+from curvext.utils.reprs import ShortRepr
 
 
-@dataclass(frozen=True)
-class Batch:
+@dataclass(frozen=True, repr=False)
+class Batch(ShortRepr):
     """indices: ``(b,)`` manifest rows; images: ``(b, C, H, W)`` on the sweep's device; errors:
     ``b`` strings, ``""`` where the image was read."""
 
