@@ -52,16 +52,30 @@ def rho_histogram(report, path) -> None:
     plt.close(fig)
 
 
-def curvature_profile(values: np.ndarray, path, title: str = "principal curvatures") -> None:
+def curvature_profile(values: np.ndarray, path, title: str = "principal curvatures",
+                      spectrum_size: int | None = None) -> None:
     """Sorted principal curvatures (the paper's Fig. 5b): median over images, with the
-    interquartile band, against the rank of the value. ``values``: ``(N, m)`` ascending rows."""
+    interquartile band, against the rank of the value. ``values``: ``(N, m)`` ascending rows.
+
+    When the rows hold only the k lowest and k highest of ``spectrum_size`` curvatures (Lanczos
+    from both ends, ``m = 2k < spectrum_size``), the two ends are drawn at their ranks in the whole
+    spectrum, as two pieces with the unmeasured middle left empty (no line across it)."""
     plt = _pyplot()
     values = np.sort(np.asarray(values, dtype=float), axis=1)
-    rank = np.arange(values.shape[1])
+    m = values.shape[1]
     q1, med, q3 = np.nanpercentile(values, [25, 50, 75], axis=0)
+    pieces = [(np.arange(m), slice(0, m))]
+    if spectrum_size is not None and m % 2 == 0 and m < spectrum_size:
+        k = m // 2
+        pieces = [(np.arange(k), slice(0, k)), (np.arange(spectrum_size - k, spectrum_size), slice(k, m))]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.fill_between(rank, q1, q3, alpha=0.3, label="25-75%")
-    ax.plot(rank, med, lw=1.5, label=f"median over {values.shape[0]} images")
+    for n, (rank, part) in enumerate(pieces):
+        ax.fill_between(rank, q1[part], q3[part], alpha=0.3, color="C0", label="25-75%" if n == 0 else None)
+        ax.plot(rank, med[part], lw=1.5, color="C0", marker="." if len(rank) < 40 else None,
+                label=f"median over {values.shape[0]} images" if n == 0 else None)
+    if len(pieces) == 2:
+        ax.axvspan(pieces[0][0][-1] + 0.5, pieces[1][0][0] - 0.5, color="gray", alpha=0.08,
+                   label=f"{spectrum_size - m} curvatures not computed")
     ax.axhline(0.0, color="gray", lw=0.8)
     ax.set_xlabel("rank of the principal curvature (ascending)")
     ax.set_ylabel("principal curvature")

@@ -88,7 +88,7 @@ def profile_dataset(model: torch.nn.Module, source, out: str | os.PathLike, sett
     if not status.leader:
         return ProfileResult(status, None)
     table = store.read(chunks.count).to_pandas()
-    return _write_outputs(table, out, settings, table_format, status)
+    return _write_outputs(table, out, settings, table_format, status, source.sample_numel() - 1)
 
 
 def _rows(model, source, batch, settings: ProfileSettings):
@@ -127,8 +127,8 @@ def _rows(model, source, batch, settings: ProfileSettings):
     return pd.concat(frames, ignore_index=True).sort_values(["image", "rank"], kind="stable", ignore_index=True)
 
 
-def _write_outputs(table, out: Path, settings: ProfileSettings, table_format: str,
-                   status: SweepStatus) -> ProfileResult:
+def _write_outputs(table, out: Path, settings: ProfileSettings, table_format: str, status: SweepStatus,
+                   spectrum_size: int) -> ProfileResult:
     """The table and the plot, each replaced in one step; the plot covers the images that had a
     boundary to measure."""
     path = out / f"profile.{table_format}"
@@ -140,7 +140,8 @@ def _write_outputs(table, out: Path, settings: ProfileSettings, table_format: st
         (out / "profile.png").unlink(missing_ok=True)  # an earlier run's plot would not be this table's
         return ProfileResult(status, path)
     with atomic_path(out / "profile.png") as tmp:
-        plots.curvature_profile(measured, tmp, title=f"principal curvatures at the {settings.at} "
-                                                      f"({settings.method}, {len(measured)} images)")
+        plots.curvature_profile(measured, tmp, spectrum_size=spectrum_size,
+                                title=f"principal curvatures at the {settings.at} "
+                                      f"({settings.method}, {len(measured)} images)")
     near_zero = float((abs(measured) < 0.05 * abs(measured).max(axis=1, keepdims=True)).mean())
     return ProfileResult(status, path, len(measured), near_zero)

@@ -33,6 +33,10 @@ class TensorSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def sample_numel(self) -> int:
+        """Elements of one image (d)."""
+        return int(self.dataset.images[0].numel())
+
     def name(self, index: int) -> str:
         names = self.dataset.names
         return names[index] if names else str(index)
@@ -64,6 +68,10 @@ class FolderSource:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    def sample_numel(self) -> int:
+        """Elements of one image (d)."""
+        return self.preprocessing.channels * self.preprocessing.image_size ** 2
 
     def name(self, index: int) -> str:
         return self.manifest.paths[index]

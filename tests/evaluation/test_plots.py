@@ -17,3 +17,17 @@ def test_path_margins_one_panel_per_kind(tmp_path):
     assert (height, width) == (432, 1620)
     plots.path_margins({"natural": [curve]}, path)
     assert mpimg.imread(path).shape[:2] == (432, 540)
+
+
+def test_profile_ends_are_drawn_at_their_ranks_without_a_line_across_the_gap(tmp_path, monkeypatch):
+    plt = plots._pyplot()
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    values = np.array([[-3.0, -1.0, 0.5, 2.0], [-2.0, -0.5, 1.0, 4.0]])  # k = 2 from each end of 63
+    plots.curvature_profile(values, tmp_path / "p.png", spectrum_size=63)
+    def medians(figure):  # the median curves (the zero line is grey)
+        return [[int(x) for x in line.get_xdata()] for line in figure.axes[0].get_lines() if line.get_color() == "C0"]
+
+    assert medians(figures[0]) == [[0, 1], [61, 62]]  # two pieces, at the two ends of the spectrum
+    plots.curvature_profile(values, tmp_path / "q.png")  # the whole spectrum: one piece
+    assert medians(figures[1]) == [[0, 1, 2, 3]]
