@@ -92,8 +92,15 @@ def score_images(model: torch.nn.Module, x: torch.Tensor, config: DetectorConfig
         refuse_half_precision_differences(x, config.method, config.h)
     V = random_directions(x.shape[1:], config.num_directions, config.seed, x.device, x.dtype)
     with torch.enable_grad():  # gradients of the logits, also when the caller is under no_grad
-        parts = [_score_group(model, x[i : i + config.batch_size], V, config, exact_sums)
-                 for i in range(0, x.shape[0], config.batch_size)]
+        try:
+            parts = [_score_group(model, x[i : i + config.batch_size], V, config, exact_sums)
+                     for i in range(0, x.shape[0], config.batch_size)]
+        except RuntimeError:
+            # A model that rejects the images' shape (channels, size) fails deep inside a second-order
+            # pass; say so plainly. Any other error is the model's own and is raised as it is.
+            model_checks.output_count(model, tuple(x.shape[1:]), x.device,
+                                      "check the images' channels and size against the model's")
+            raise
     return Scores(*(torch.cat([p[k] for p in parts]) for k in range(4)))
 
 

@@ -32,3 +32,10 @@ def test_directions_are_unit_and_depend_on_the_seed_alone():
     torch.testing.assert_close(V.flatten(1).norm(dim=1), torch.ones(5, dtype=torch.float64), rtol=1e-12, atol=0)
     assert torch.equal(V, random_directions((1, 4, 4), 5, seed=3, dtype=torch.float64))
     assert not torch.equal(V, random_directions((1, 4, 4), 5, seed=4, dtype=torch.float64))
+
+
+def test_images_of_the_wrong_shape_get_a_clear_message():
+    model = SmoothNet(torch.nn.Softplus()).eval()  # 1 x 4 x 4 inputs
+    det = CurvatureDetector(model, num_directions=2, method="fd2")
+    with pytest.raises(ValueError, match=r"rejects inputs of shape \(3, 4, 4\).*channels and size"):
+        det.score(torch.rand(2, 3, 4, 4))
