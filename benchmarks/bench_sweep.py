@@ -10,9 +10,9 @@ folder holds ``--images`` random JPEG files of 256x256 px, resized and centre-cr
 scoring, Parquet parts, summary) into a fresh output folder.
 
 The floor is the time of the forward and backward passes the fd2 detector needs per image,
-measured in the same run at the same batch size: 2 T + 2 forward passes (the logits, the centre
-and x +- h v for every direction) and 3 K forward-and-backward passes (each competing class's
-gradient at x, and at x +- h n for its Hessian-normal product): 34 and 30 here. ``floor / actual``
+measured in the same run and batched as the detector batches them: 2 T + 2 forward passes (the
+logits, the centre and x +- h v for every direction) and 3 K forward-and-backward passes (each
+competing class's gradient at x, and at x +- h n for its Hessian-normal product): 34 and 30 here. ``floor / actual``
 says how much of the sweep's time is the network itself.
 """
 from __future__ import annotations
@@ -46,16 +46,29 @@ def make_folder(root: Path, n: int) -> Path:
     return root
 
 
-def floor_seconds_per_image(model, x: torch.Tensor, forward_rows: int, backward_rows: int, repeat: int = 3) -> float:
-    """Best-of-``repeat`` time of ``forward_rows`` forward passes and ``backward_rows`` forward and
-    input-gradient passes of one image, run as batches of ``x.shape[0]`` rows."""
-    def forward():
-        with torch.no_grad():
-            model(x)
+def floor_seconds_per_image(model, batch: int, size: int, T: int, K: int, device, repeat: int = 3) -> float:
+    """Best-of-``repeat`` time per image of the passes the fd2 detector runs for ``batch`` images,
+    in the batches it runs them in: one forward pass of 2 T rows per image (x +- h v_j), two of one
+    row (the logits, the centre), one forward and input-gradient pass of K rows (the class
+    gradients) and one of 2 K rows (gradients at x +- h n)."""
+    def rows(n):
+        return torch.rand(n, 3, size, size, device=device)
 
-    def backward():
-        z = x.detach().requires_grad_(True)
-        model(z)[:, 0].sum().backward()
+    def forward(n):
+        x = rows(n)
+
+        def run():
+            with torch.no_grad():
+                model(x)
+        return run
+
+    def backward(n):
+        x = rows(n)
+
+        def run():
+            z = x.detach().requires_grad_(True)
+            model(z)[:, 0].sum().backward()
+        return run
 
     def best(fn):
         fn()
@@ -64,9 +77,10 @@ def floor_seconds_per_image(model, x: torch.Tensor, forward_rows: int, backward_
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-        return min(times) / x.shape[0]
+        return min(times) / batch
 
-    return forward_rows * best(forward) + backward_rows * best(backward)
+    return (best(forward(2 * T * batch)) + 2 * best(forward(batch)) + best(backward(K * batch))
+            + best(backward(2 * K * batch)))
 
 
 def main(argv=None):
@@ -105,8 +119,7 @@ def main(argv=None):
             write_calibration(cal, Calibration(config, 0.0, "higher", "max", 0.05, model_digest(model),
                                                {"image": {"image_size": args.size, "resize": 256, "channels": 3},
                                                 "normalize": None}))
-            x = torch.rand(batch, 3, args.size, args.size, device=args.device)
-            floor = floor_seconds_per_image(model, x, forward_rows, backward_rows)
+            floor = floor_seconds_per_image(model, batch, args.size, T, K, args.device)
             for workers in (int(w) for w in args.workers.split(",")):
                 t0 = time.perf_counter()
                 detect_dataset(model, folder, cal, tmp / f"out-{batch}-{workers}", device=args.device,
