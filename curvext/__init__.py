@@ -39,6 +39,7 @@ _LAZY = {
     "Dataset": "curvext.data.datasets",
     "load_digits": "curvext.data.datasets",
     "load_mnist": "curvext.data.datasets",
+    "load_idx": "curvext.data.datasets",
     "load_image_folder": "curvext.data.datasets",
     "LeNet": "curvext.data.zoo",
     "NiN": "curvext.data.zoo",

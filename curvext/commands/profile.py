@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curvext import data
 from curvext.commands.arg_types import positive_float, positive_int
 from curvext.commands.model_source import (
     add_data_arguments,
     add_model_arguments,
+    is_idx,
+    load_test_images,
     load_user_model,
     refuse_normalize_without_checkpoint,
 )
@@ -65,13 +66,9 @@ def add_parser(sub) -> None:
 
 
 def _data(args):
-    if args.dataset == "digits":
-        return data.load_digits("test").subset(args.images)
-    if not args.data_dir:
+    if args.dataset != "digits" and not args.data_dir:
         raise SystemExit(f"curvext profile: --dataset {args.dataset} needs --data-dir")
-    if args.dataset == "mnist":
-        return data.load_mnist(args.data_dir, "test", limit=args.images)
-    return data.load_image_folder(args.data_dir, size=args.image_size, channels=args.channels, limit=args.images)
+    return load_test_images(args, args.images)
 
 
 def run(args) -> int:
@@ -89,8 +86,8 @@ def run(args) -> int:
     if args.checkpoint:
         model = load_user_model(args, device)
     else:
-        model = zoo.train(args.model, args.activation, "mnist" if args.dataset == "mnist" else "digits",
-                          args.data_dir if args.dataset == "mnist" else None, cache=args.cache).model
+        model = zoo.train(args.model, args.activation, args.dataset,
+                          args.data_dir if is_idx(args.dataset) else None, cache=args.cache).model
     model = model.to(device)
     method = args.method or ("fd" if is_piecewise_linear(model) else "autograd")
     out = Path(args.out)
