@@ -173,10 +173,10 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     images, labels, calibration = _split(args, device)
-    preset = "given"
-    squeezer = args.squeeze
+    squeezer, note = args.squeeze, " (--squeeze)"
     if squeezer == "auto":
         preset, squeezer = squeezer_for(args.dataset, images.shape[1], images.shape[-1])
+        note = f" (the {preset} setting{'' if preset == 'greyscale' else ' of Xu et al.'})"
     attacks = attack_suite(eps_linf=args.eps_linf, eps_l2=args.eps_l2, cw_confidence=args.cw_confidence,
                            pgd_steps=args.pgd_steps, cw_steps=args.cw_steps, seed=args.seed, include=args.attacks,
                            adaptive_weight=args.adaptive_weight, restarts=args.restarts,
@@ -207,15 +207,14 @@ def run(args) -> int:
             report = evaluate(model, images, labels, detector=detector, attacks=attacks, out_dir=args.out,
                               settings=settings, scales=PROBE_SCALES if auto and method != "autograd" else None,
                               progress=not args.no_progress, calibration_images=calibration, squeezer=squeezer,
-                              noise_sigma=args.noise_sigma)
+                              noise_sigma=args.noise_sigma, squeezer_note=note)
             suffix = f"-h{h:g}" if h is not None and len(args.h) > 1 else ""
             paths = write_outputs(report, args.out, prefix=f"eval-{args.dataset}-{label}{suffix}")
             acc = "" if accuracy is None else f", test accuracy {100 * accuracy:.1f}%"
             scale = "" if method == "autograd" else f", h={detector.h:g}"
             print(f"\n## {label} on {args.dataset}{acc}: method {method}{scale}, T={args.directions}, "
                   f"{report.n_clean} correctly classified images, {time.perf_counter() - t0:.0f} s")
-            source = f" (PGD-{args.probe_norm} probe)" if args.orientation == "probe" else ""
-            print(f"{report.header()} ({preset}){source}\n")
+            print(report.header() + "\n")
             if report.scale_choice is not None:
                 print(f"h chosen from the calibration images by the probe ({report.scale_choice.n_probe} probe "
                       f"images): {report.scale_choice.summary()}\n")

@@ -81,7 +81,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
              out_dir: str | os.PathLike | None = None, settings: dict | None = None,
              scales=None, progress: bool = True, calibration_images: torch.Tensor | None = None,
              squeezer: Squeezer | None = None, noise_sigma: float = baselines.NOISE_SIGMA,
-             noise_samples: int = baselines.NOISE_SAMPLES) -> EvaluationReport:
+             noise_samples: int = baselines.NOISE_SAMPLES, squeezer_note: str = "") -> EvaluationReport:
     """Run the protocol on ``images (N, C, H, W)`` in [0, 1] with true ``labels (N,)``.
 
     Only correctly classified images are attacked. ``calibration_images (M, C, H, W)``: clean
@@ -92,7 +92,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     calibration images (:meth:`CurvatureDetector.choose_scale`). ``attacks``: row name ->
     ``(model, x, y) -> AttackResult`` or :class:`~curvext.evaluation.suite.AdaptiveAttack`
     (default: :func:`~curvext.evaluation.suite.attack_suite`, all rows). ``squeezer``: feature
-    squeezing's settings (default 1-bit depth and 2x2 median, Xu et al.'s MNIST setting). The
+    squeezing's settings (default 1-bit depth and 2x2 median, Xu et al.'s MNIST setting), described in
+    the report with ``squeezer_note`` appended (e.g. where the setting comes from). The
     detector is left calibrated on the calibration images (orientation, threshold at ``fpr``,
     recovery rule).
     """
@@ -181,7 +182,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         rows.extend(attack_rows(name, r, clean, calibration, y.cpu().numpy(), sign, rule, fpr))
         if "rho" in r:
             rho_perturbed[name] = r["rho"].numpy()
-    settings.update(recovery=rule, squeezer_text=squeezer.describe(), noise_sigma=noise[0], noise_samples=noise[1])
+    settings.update(recovery=rule, squeezer_text=squeezer.describe() + squeezer_note, noise_sigma=noise[0],
+                    noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm)
     clean_fpr = {s: float(np.mean(oriented(clean, s, sign) >= thresholds[s])) for s in thresholds}
     clean_fpr["combined"] = float("nan")  # its threshold depends on the row's partner
     return EvaluationReport(rows, orientation, float(np.mean(rho_c < 0)), int(x.shape[0]), settings, rho_c,

@@ -110,16 +110,21 @@ class EvaluationReport:
                 + "\n\nlabel recovery of the adversarial images (if flagged: every one flagged)\n\n" + "\n".join(rec))
 
     def header(self) -> str:
-        """What the detectors were calibrated on and how curvext decides."""
+        """What the detectors were calibrated on, how curvext decides, the baselines' settings."""
         split = (f"{self.n_calibration} clean calibration images disjoint from the {self.n_clean} evaluated ones"
                  if self.calibration_disjoint else f"the {self.n_clean} evaluated clean images themselves")
+        rule = self.settings.get("orientation_rule", "probe")
+        source = f" (PGD-{self.settings.get('probe_norm', 'l2')} probe)" if rule == "probe" else f" ({rule})"
         suggestion = ""
         if self.suggested_recovery is not None:
             suggestion = f" (the calibration probe suggests {self.suggested_recovery})"
-        fs = self.settings.get("squeezer_text", "")
-        return (f"calibrated on {split}; perturbed expected **{self.orientation}**, recovery by "
+        text = (f"calibrated on {split}; perturbed expected **{self.orientation}**{source}, recovery by "
                 f"{self.recovery} curvature{suggestion}; clean images with rho < 0 (the paper's clean sign): "
-                f"{100 * self.clean_sign_share:.1f}%" + (f"; feature squeezing: {fs}" if fs else ""))
+                f"{100 * self.clean_sign_share:.1f}%")
+        if "squeezer_text" in self.settings:
+            text += (f"\nbaselines: feature squeezing {self.settings['squeezer_text']}; noise consistency sigma "
+                     f"{self.settings['noise_sigma']:g}, {self.settings['noise_samples']} draws")
+        return text
 
     def dataframe(self):
         return optional_import("pandas").DataFrame([r.__dict__ for r in self.rows])
