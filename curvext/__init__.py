@@ -27,6 +27,7 @@ _LAZY = {
     "shared_subspace": "curvext.geometry.subspace",
     "subspace_vulnerability": "curvext.geometry.subspace",
     "Vulnerability": "curvext.geometry.subspace",
+    "differentiable_curvature": "curvext.curvature.differentiable",
     # Algorithm 2 and its evaluation
     "CurvatureDetector": "curvext.detection.detector",
     "DetectorConfig": "curvext.detection.config",
@@ -48,8 +49,13 @@ _LAZY = {
     "AttackResult": "curvext.adversarial.attacks",
     "pgd": "curvext.adversarial.attacks",
     "carlini_wagner": "curvext.adversarial.attacks",
+    "adaptive_pgd": "curvext.adversarial.adaptive",
+    "best_of_restarts": "curvext.adversarial.adaptive",
     "max_softmax_score": "curvext.adversarial.baselines",
+    "logit_margin_score": "curvext.adversarial.baselines",
+    "noise_consistency_score": "curvext.adversarial.baselines",
     "feature_squeezing_score": "curvext.adversarial.baselines",
+    "Squeezer": "curvext.adversarial.squeezers",
     "runner_up_labels": "curvext.adversarial.baselines",
     "detection_metrics": "curvext.detection.metrics",
     # process settings

@@ -15,7 +15,7 @@ from curvext.commands import evaluate as _evaluate
 from curvext.commands.arg_types import positive_int
 from curvext.commands.placement import add_device_argument
 
-DEMO_ADAPTIVE_IMAGES = 100  # the adaptive rows attack this many images (curvext evaluate: all by default)
+DEMO_ADAPTIVE_IMAGES = 50  # the adaptive rows attack this many images (curvext evaluate: all by default)
 
 
 def add_parser(sub) -> None:

@@ -124,7 +124,7 @@ def test_demo_command_runs(tmp_path, monkeypatch, capsys):
         assert f"| {row} |" in out
     assert "h chosen from the calibration images by the probe" in out  # --h auto is the default
     assert "calibrated on 150 clean calibration images disjoint from the" in out
-    assert "feature squeezing: 1-bit depth, 2x2 median" in out
+    assert "feature squeezing 1-bit depth, 2x2 median" in out
     assert (tmp_path / "demo" / "eval-digits-lenet-relu-roc.png").is_file()
 
 
