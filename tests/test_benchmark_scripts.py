@@ -51,3 +51,13 @@ def test_hvp_benchmark_runs(capsys):
     text = capsys.readouterr().out
     for method in ("autograd (cached graph)", "forward-over-reverse", "fd2 (quadratic form)"):
         assert f"| {method} |" in text
+
+
+def test_benign_perturbations_benchmark_runs(tmp_path, capsys):
+    out = tmp_path / "benign.md"
+    load("benign_perturbations").main(["--images", "12", "--calibration-images", "12", "--h", "0.1",
+                                       "--out", str(out), "--default-malloc"])
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert "| clean |  |" in text and "on the strokes only (background untouched)" in text
+    assert "curvext fd2 h = 0.1, perturbed expected" in text

@@ -42,7 +42,14 @@ def _margin_loss(logits: torch.Tensor, labels: torch.Tensor, confidence: float) 
     return (other - true).clamp(max=confidence)
 
 
-def _adaptive_batch(model, x0, labels, penalty, *, eps, norm, steps, step, weight, confidence, random_start, seed):
+def _unit(g: torch.Tensor) -> torch.Tensor:
+    """Each image's gradient scaled to unit l2 norm (zero stays zero)."""
+    n = g.flatten(1).norm(dim=1).view(-1, *[1] * (g.dim() - 1))
+    return torch.where(n > 0, g / n.clamp_min(1e-30), torch.zeros_like(g))
+
+
+def _adaptive_batch(model, x0, labels, penalty, *, eps, norm, steps, step, weight, confidence, random_start, seed,
+                    balance):
     shape = (-1,) + (1,) * (x0.dim() - 1)
     adv = (x0 + _random_start(x0, norm, eps, seed)).clamp(0, 1) if random_start else x0.clone()
     best = adv.clone()
@@ -59,9 +66,16 @@ def _adaptive_batch(model, x0, labels, penalty, *, eps, norm, steps, step, weigh
             best = torch.where(better.view(shape), x.detach(), best)
         if t == steps:
             break
-        objective = (_margin_loss(logits, labels, confidence) - weight * p).sum()
-        (g,) = torch.autograd.grad(objective, x)
-        g = torch.nan_to_num(g)
+        margin = _margin_loss(logits, labels, confidence).sum()
+        if balance:  # unit-norm terms; the penalty steers only images that already fool the model
+            (g_margin,) = torch.autograd.grad(margin, x, retain_graph=True)
+            (g_penalty,) = torch.autograd.grad(p.sum(), x, allow_unused=True)
+            g_penalty = torch.zeros_like(x) if g_penalty is None else g_penalty
+            fooled = (logits.argmax(1) != labels).to(x.dtype).view(shape)
+            g = _unit(torch.nan_to_num(g_margin)) - weight * fooled * _unit(torch.nan_to_num(g_penalty))
+        else:
+            (g,) = torch.autograd.grad(margin - weight * p.sum(), x)
+            g = torch.nan_to_num(g)
         if norm == "linf":
             adv = adv + step * g.sign()
         else:
@@ -74,13 +88,19 @@ def _adaptive_batch(model, x0, labels, penalty, *, eps, norm, steps, step, weigh
 def adaptive_pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *, penalty: Penalty,
                  eps: float, norm: str = "l2", steps: int = 40, step: float | None = None, weight: float = 1.0,
                  confidence: float = 5.0, random_start: bool = True, seed: int = 0,
-                 batch_size: int = 32) -> AttackResult:
+                 batch_size: int = 32, balance: bool = True) -> AttackResult:
     """PGD in the ``norm`` ball of radius ``eps`` (intersected with ``[0, 1]``) maximising
 
         min(max_{j≠y} z_j − z_y, κ) − weight · penalty(x', step)
 
     with ``κ = confidence``: the margin term makes the image adversarial with margin ``κ``, the
-    penalty term hides it from the detector. Steps as in :func:`curvext.adversarial.attacks.pgd`
+    penalty term hides it from the detector. With ``balance`` (the default) each term's gradient
+    is scaled to unit norm per image (``weight`` then weighs directions, not raw scales), and the
+    penalty steers only the images that already fool the model; the others follow the margin
+    alone. Otherwise a rough penalty with a huge gradient (finite differences at a small scale h)
+    drowns the margin, or one that opposes it stalls the step, and the attack stops fooling the
+    model. ``balance=False`` takes the gradient of the objective as written. Steps as in
+    :func:`curvext.adversarial.attacks.pgd`
     (``step`` default ``2.5·eps/steps``, signed for ℓ∞, normalised for ℓ2). Returns, per image,
     the adversarial iterate (steps 0..``steps``) of smallest penalty as measured at that step;
     images never adversarial keep the last iterate (``success`` False). Images are attacked in
@@ -104,7 +124,7 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None 
     x0 = x.detach()
     parts = [_adaptive_batch(model, x0[i : i + batch_size], labels[i : i + batch_size], penalty, eps=eps,
                              norm=norm, steps=steps, step=step, weight=weight, confidence=confidence,
-                             random_start=random_start, seed=seed + i)
+                             random_start=random_start, seed=seed + i, balance=balance)
              for i in range(0, x0.shape[0], batch_size)]
     return _result(model, x0, torch.cat(parts), labels, norm)
 

@@ -178,7 +178,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
             return _scores(model, detector, adv, squeezer, noise) if adv.shape[0] else {}
 
         r = {"success": a["success"], "norms": a["norms"]}
-        r.update(_cached(None if cache is None else cache / f"scores-{name}-{key}.pt", score))
+        score_key = key if path_key == attack_key else _key(dict(scores=key, attack=path_key))  # adaptive: per attack
+        r.update(_cached(None if cache is None else cache / f"scores-{name}-{score_key}.pt", score))
         rows.extend(attack_rows(name, r, clean, calibration, y.cpu().numpy(), sign, rule, fpr))
         if "rho" in r:
             rho_perturbed[name] = r["rho"].numpy()

@@ -75,8 +75,11 @@ class AdaptiveAttack:
     kind: "curvature", "all" or "best-of" (module docstring). eps, norm, steps: the PGD budget.
     weight: the penalty's weight against the margin loss capped at ``confidence`` (logits).
     eot: fresh random directions (and noise) at every step; False uses the detector's own
-    directions (an attacker who knows its seed). restarts: R of "best-of". max_images: attack only
-    the first ``max_images`` images (None: all). batch_size: images per PGD group."""
+    directions (an attacker who knows its seed). balance: the margin's and the penalty's gradients
+    at unit norm each (:func:`~curvext.adversarial.adaptive.adaptive_pgd`). h: the scale at which
+    the attacker differentiates rho (fd/fd2; None: the detector's), a smoother surrogate where the
+    detector's scale is too rough to follow. restarts: R of "best-of". max_images: attack only the
+    first ``max_images`` images (None: all). batch_size: images per PGD group."""
 
     kind: str
     eps: float = 1.0
@@ -85,6 +88,8 @@ class AdaptiveAttack:
     weight: float = 1.0
     confidence: float = 5.0
     eot: bool = True
+    balance: bool = True
+    h: float | None = None
     restarts: int = 5
     seed: int = 0
     max_images: int | None = None
@@ -110,7 +115,8 @@ class AdaptiveAttack:
                 suspicion=lambda adv: _oriented_rho(model, adv, context))
         return lambda model, x, y: _adaptive.adaptive_pgd(
             model, x, y, penalty=self._penalty(model, context), eps=self.eps, norm=self.norm, steps=self.steps,
-            weight=self.weight, confidence=self.confidence, seed=self.seed, batch_size=self.batch_size)
+            weight=self.weight, confidence=self.confidence, seed=self.seed, batch_size=self.batch_size,
+            balance=self.balance)
 
     def _penalty(self, model, context: DefenceContext) -> _adaptive.Penalty:
         cfg = context.config
@@ -126,7 +132,8 @@ class AdaptiveAttack:
         def penalty(x: torch.Tensor, step: int) -> torch.Tensor:
             seed = EOT_SEED * (self.seed + 1) + step if self.eot else cfg.seed
             V = random_directions(x.shape[1:], cfg.num_directions, seed, x.device, x.dtype)
-            rho = differentiable_curvature(model, x, V, method, cfg.h, cfg.classes, piecewise_linear=piecewise).rho
+            h = cfg.h if self.h is None or method == "autograd" else self.h
+            rho = differentiable_curvature(model, x, V, method, h, cfg.classes, piecewise_linear=piecewise).rho
             total = context.penalty("rho", context.sign * rho)
             if self.kind == "all":
                 scores = differentiable_baselines(model, x, squeezer=context.squeezer, sigma=context.noise_sigma,

@@ -120,3 +120,17 @@ def test_bad_arguments_are_refused(setup):
         adaptive.adaptive_pgd(model, x[:2], y[:2], penalty=lambda xx, step: xx.sum(), eps=0.1, steps=1)
     with pytest.raises(ValueError, match="restarts"):
         adaptive.best_of_restarts(model, x[:2], y[:2], attack=None, suspicion=None, restarts=0)
+
+
+def test_balance_keeps_a_rough_penalty_from_drowning_the_margin(setup):
+    """A penalty with a huge gradient in a fixed random direction: taken as written, it swamps the
+    margin and the attack stops fooling the model; balanced, the penalty steers only images that
+    already fool it, so they fool it as often as PGD on the margin alone does."""
+    model, x, y = setup
+    u = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(0))
+    rough = lambda xx, step: 1e6 * (xx * u).flatten(1).sum(1)  # noqa: E731
+    kwargs = dict(eps=1.0, norm="l2", steps=10, confidence=2.0)
+    margin_only = adaptive.adaptive_pgd(model, x, y, penalty=rough, weight=0.0, **kwargs).success_rate
+    balanced = adaptive.adaptive_pgd(model, x, y, penalty=rough, **kwargs).success_rate
+    as_written = adaptive.adaptive_pgd(model, x, y, penalty=rough, balance=False, **kwargs).success_rate
+    assert margin_only >= 0.8 and balanced >= margin_only - 0.1 and as_written <= 0.3
