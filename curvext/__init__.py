@@ -37,6 +37,7 @@ _LAZY = {
     # Algorithm 1: paths inside classification regions
     "find_paths": "curvext.geometry.paths",
     "PathResult": "curvext.geometry.paths",
+    "differentiable_curvature": "curvext.curvature.differentiable",
     # Algorithm 2 and its evaluation
     "CurvatureDetector": "curvext.detection.detector",
     "DetectorConfig": "curvext.detection.config",
@@ -49,6 +50,7 @@ _LAZY = {
     "Dataset": "curvext.data.datasets",
     "load_digits": "curvext.data.datasets",
     "load_mnist": "curvext.data.datasets",
+    "load_idx": "curvext.data.datasets",
     "load_image_folder": "curvext.data.datasets",
     "LeNet": "curvext.data.zoo",
     "NiN": "curvext.data.zoo",
@@ -57,8 +59,13 @@ _LAZY = {
     "AttackResult": "curvext.adversarial.attacks",
     "pgd": "curvext.adversarial.attacks",
     "carlini_wagner": "curvext.adversarial.attacks",
+    "adaptive_pgd": "curvext.adversarial.adaptive",
+    "best_of_restarts": "curvext.adversarial.adaptive",
     "max_softmax_score": "curvext.adversarial.baselines",
+    "logit_margin_score": "curvext.adversarial.baselines",
+    "noise_consistency_score": "curvext.adversarial.baselines",
     "feature_squeezing_score": "curvext.adversarial.baselines",
+    "Squeezer": "curvext.adversarial.squeezers",
     "runner_up_labels": "curvext.adversarial.baselines",
     "detection_metrics": "curvext.detection.metrics",
     # curvature in training loops

@@ -92,3 +92,13 @@ def test_lanczos_memory_benchmark_runs(tmp_path):
     errors = [float(e) for e in re.findall(r"dense error ([0-9.e+-]+)", text)]
     assert len(errors) == 2 and max(errors) < 1e-4  # within tol of max|lambda| of the dense spectrum
     assert re.search(r"values agree to [0-9.e+-]+ of max\|theta\|", text)
+
+
+def test_benign_perturbations_benchmark_runs(tmp_path, capsys):
+    out = tmp_path / "benign.md"
+    load("benign_perturbations").main(["--images", "12", "--calibration-images", "12", "--h", "0.1",
+                                       "--out", str(out), "--default-malloc"])
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert "| clean |  |" in text and "on the strokes only (background untouched)" in text
+    assert "curvext fd2 h = 0.1, perturbed expected" in text

@@ -112,12 +112,14 @@ def _random_start(x: torch.Tensor, norm: str, eps: float, seed: int) -> torch.Te
 
 def pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *, eps: float,
         norm: str = "linf", step: float | None = None, steps: int = 40, random_start: bool = True,
-        seed: int = 0) -> AttackResult:
+        seed: int = 0, mask: torch.Tensor | None = None) -> AttackResult:
     """Untargeted PGD maximising the cross-entropy of ``labels``, in the ``norm`` ball of radius
     ``eps`` around ``x`` intersected with ``[0, 1]``.
 
     Each iteration: ``x ← clip_[0,1](x + Proj_eps(x + step·s − x0) )`` with ``s = sign(∇)`` (ℓ∞)
     or ``∇/‖∇‖₂`` (ℓ2). ``step`` defaults to ``2.5·eps/steps``. Returns the final iterate.
+    ``mask``: a bool tensor broadcastable to ``x``; only pixels where it is True are perturbed
+    (e.g. ``x > 0``: leave a digit's background exactly as it is).
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -130,12 +132,13 @@ def pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *
         raise ValueError(f"step must be > 0, got {step!r}")
     labels = _check_inputs(model, x, labels)
     x0 = x.detach()
+    keep = torch.ones_like(x0) if mask is None else torch.broadcast_to(mask, x0.shape).to(x0.dtype)
     adv = x0.clone()
     if random_start:
-        adv = (x0 + _random_start(x0, norm, eps, seed)).clamp(0, 1)
+        adv = (x0 + keep * _random_start(x0, norm, eps, seed)).clamp(0, 1)
     shape = (-1,) + (1,) * (x0.dim() - 1)
     for _ in range(steps):
-        g = _input_grad(model, adv, labels)
+        g = keep * _input_grad(model, adv, labels)
         if norm == "linf":
             adv = adv + step * g.sign()
         else:

@@ -5,14 +5,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
+from curvext import data
 from curvext.commands.arg_types import normalization, positive_int
 from curvext.data import zoo
 from curvext.data.normalization import Normalized
 from curvext.data.torchvision_models import load_torchvision
 
-DATASETS = ("digits", "mnist", "folder")
+DATASETS = ("digits", "mnist", "folder")  # built in; any other name is an IDX dataset in --data-dir
 IMAGE_SIZE = 224  # --image-size for --dataset folder, the same in every command
+
+
+def dataset_name(text: str) -> str:
+    """``--dataset``: digits, folder, mnist, or the name of another IDX dataset (fashion-mnist, ...)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"expected digits, folder, mnist or an IDX dataset's name (letters, digits, "
+                                         f"'.', '_', '-'), got {text!r}")
+    return text
+
+
+def is_idx(dataset: str) -> bool:
+    """Whether ``--dataset`` names IDX files in ``--data-dir`` (MNIST, Fashion-MNIST, ...)."""
+    return dataset not in ("digits", "folder")
+
+
+def load_test_images(args, count: int | None, seed: int = 0) -> data.Dataset:
+    """The first ``count`` (None: all) test images of ``--dataset``: digits' seeded test split, the
+    sorted files of an image folder, or an IDX dataset's test split."""
+    if args.dataset == "digits":
+        return data.load_digits("test", seed=seed).subset(count)
+    if not args.data_dir:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir (a folder of "
+                         f"{'images' if args.dataset == 'folder' else 'IDX files'})")
+    if args.dataset == "folder":
+        return data.load_image_folder(args.data_dir, size=args.image_size, channels=args.channels, limit=count)
+    return data.load_idx(args.data_dir, "test", limit=count)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,11 +65,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def add_data_arguments(p: argparse.ArgumentParser, default: str = "digits") -> None:
     """``--dataset``, ``--data-dir``, and ``--image-size``/``--channels`` for ``--dataset folder``."""
     group = p.add_argument_group("images")
-    group.add_argument("--dataset", choices=DATASETS, default=default,
-                       help="digits ships with scikit-learn; mnist needs --data-dir (IDX files); folder: every "
+    group.add_argument("--dataset", type=dataset_name, default=default, metavar="digits|mnist|folder|NAME",
+                       help="digits ships with scikit-learn; mnist, or any other NAME (e.g. fashion-mnist), reads the "
+                            "four IDX files in --data-dir and is reported and cached under that name; folder: every "
                             f"image file in --data-dir (default: {default})")
     group.add_argument("--data-dir", default=None,
-                       help="folder of the four MNIST IDX files (--dataset mnist) or of images (--dataset folder)")
+                       help="folder of the four IDX files named as MNIST's (--dataset mnist or NAME) or of images "
+                            "(--dataset folder)")
     group.add_argument("--image-size", type=positive_int, default=IMAGE_SIZE,
                        help=f"--dataset folder: images resized to this square size (default {IMAGE_SIZE})")
     group.add_argument("--channels", type=int, choices=(1, 3), default=3,

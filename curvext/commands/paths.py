@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curvext import data
 from curvext.adversarial.attacks import pgd
 from curvext.commands.arg_types import (
     choice_list,
@@ -38,6 +37,8 @@ from curvext.commands.arg_types import (
 from curvext.commands.model_source import (
     add_data_arguments,
     add_model_arguments,
+    is_idx,
+    load_test_images,
     load_user_model,
     refuse_normalize_without_checkpoint,
 )
@@ -96,21 +97,15 @@ def add_parser(sub) -> None:
 
 
 def _images(args):
-    if args.dataset == "digits":
-        return data.load_digits("test", seed=0).subset(args.images)
-    if not args.data_dir:
-        raise SystemExit(f"curvext paths: --dataset {args.dataset} needs --data-dir")
-    if args.dataset == "mnist":
-        return data.load_mnist(args.data_dir, "test", limit=args.images)
-    return data.load_image_folder(args.data_dir, size=args.image_size, channels=args.channels, limit=args.images)
+    return load_test_images(args, args.images)
 
 
 def _model(args, device):
     if args.checkpoint:
         return load_user_model(args, device)
     if args.dataset == "folder":
-        raise SystemExit("curvext paths: --dataset folder needs --checkpoint (the zoo trains on digits or MNIST only)")
-    return zoo.train(args.model, args.activation, args.dataset, args.data_dir if args.dataset == "mnist" else None,
+        raise ValueError("--dataset folder needs --checkpoint (the zoo trains on digits and IDX datasets only)")
+    return zoo.train(args.model, args.activation, args.dataset, args.data_dir if is_idx(args.dataset) else None,
                      cache=args.cache).model.to(device)
 
 

@@ -14,6 +14,7 @@ from curvext.commands.arg_types import non_negative_int, positive_float, positiv
 from curvext.commands.model_source import (
     add_data_arguments,
     add_model_arguments,
+    is_idx,
     load_user_model,
     refuse_normalize_without_checkpoint,
 )
@@ -56,23 +57,23 @@ def _source(args):
         return TensorSource(data.load_digits("test").subset(args.images))
     if not args.data_dir:
         raise ValueError(f"--dataset {args.dataset} needs --data-dir")
-    if args.dataset == "mnist":
-        return TensorSource(data.load_mnist(args.data_dir, "test", limit=args.images))
+    if is_idx(args.dataset):
+        return TensorSource(data.load_idx(args.data_dir, "test", limit=args.images))
     return FolderSource(scan_image_folder(args.data_dir), Preprocessing(args.image_size, None, args.channels),
                         args.workers)
 
 
 def run(args) -> int:
     if args.dataset == "folder" and not args.checkpoint:
-        raise ValueError("--dataset folder needs --checkpoint (the zoo trains on digits or MNIST only)")
+        raise ValueError("--dataset folder needs --checkpoint (the zoo trains on digits and IDX datasets only)")
     device = resolve_device(args.device)
     refuse_normalize_without_checkpoint(args, "profile")
     source = _source(args)
     if args.checkpoint:
         model = load_user_model(args, device)
     else:
-        model = zoo.train(args.model, args.activation, "mnist" if args.dataset == "mnist" else "digits",
-                          args.data_dir if args.dataset == "mnist" else None, cache=args.cache).model
+        model = zoo.train(args.model, args.activation, args.dataset,
+                          args.data_dir if is_idx(args.dataset) else None, cache=args.cache).model
     model = model.to(device)
     method = args.method or ("fd" if is_piecewise_linear(model) else "autograd")
     settings = ProfileSettings(args.k, args.at, method, args.h if method == "fd" else None, args.full)

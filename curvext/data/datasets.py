@@ -1,9 +1,10 @@
-"""Datasets for the evaluation: sklearn digits, MNIST from IDX files, a folder of images.
+"""Datasets for the evaluation: sklearn digits, MNIST (or any dataset in MNIST's IDX layout, such
+as Fashion-MNIST) from IDX files, a folder of images.
 
 Every loader returns a frozen :class:`Dataset` of float32 images in ``[0, 1]`` with shape
 ``(N, C, H, W)`` and int64 labels ``(N,)`` (``-1`` where there are none). Nothing is downloaded:
-digits ship inside scikit-learn, MNIST is read from a directory the user points at (the four
-IDX files, gzipped or not, with an optional ``SHA256SUMS`` that is checked).
+digits ship inside scikit-learn, IDX datasets are read from a directory the user points at (the
+four files named as MNIST's, gzipped or not, with an optional ``SHA256SUMS`` that is checked).
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dataset", "load_digits", "load_mnist", "load_image_folder", "MNIST_FILES", "IMAGE_SUFFIXES"]
+__all__ = ["Dataset", "load_digits", "load_idx", "load_mnist", "load_image_folder", "MNIST_FILES", "IMAGE_SUFFIXES"]
 
-#: IDX file stems per split (``.gz`` or raw files are accepted).
+#: IDX file stems per split (``.gz`` or raw files are accepted), MNIST's names, which
+#: Fashion-MNIST, KMNIST and others keep.
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -103,7 +105,7 @@ def _find_idx(data_dir: Path, stem: str) -> Path:
         if p.is_file():
             return p
     raise FileNotFoundError(
-        f"MNIST file {stem}.gz (or {stem}) not found in {data_dir}; expected the standard IDX files "
+        f"IDX file {stem}.gz (or {stem}) not found in {data_dir}; expected the standard (MNIST) IDX files "
         f"{', '.join(s + '.gz' for pair in MNIST_FILES.values() for s in pair)}")
 
 
@@ -140,13 +142,14 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def load_mnist(data_dir: str | os.PathLike, split: str = "test", *, limit: int | None = None,
-               verify: bool = True) -> Dataset:
-    """MNIST from a directory of IDX files as ``(N, 1, 28, 28)`` float32 in ``[0, 1]``.
+def load_idx(data_dir: str | os.PathLike, split: str = "test", *, limit: int | None = None,
+             verify: bool = True) -> Dataset:
+    """A dataset in MNIST's IDX layout (MNIST, Fashion-MNIST, KMNIST, ...) as ``(N, C, H, W)``
+    float32 in ``[0, 1]``: ``C = 1`` for ``(N, H, W)`` image files, ``C`` for ``(N, H, W, C)`` ones.
 
     Args:
         data_dir: directory with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
-        split: ``"train"`` (60000) or ``"test"`` (10000).
+        split: ``"train"`` or ``"test"``.
         limit: keep only the first ``limit`` images (the file order).
         verify: check files against ``SHA256SUMS`` in the directory when that file exists.
 
@@ -159,18 +162,27 @@ def load_mnist(data_dir: str | os.PathLike, split: str = "test", *, limit: int |
         _check_positive_int(limit, "limit")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"MNIST directory {root} does not exist")
+        raise FileNotFoundError(f"IDX directory {root} does not exist")
     img_path, lab_path = (_find_idx(root, s) for s in MNIST_FILES[split])
     if verify:
         for p in (img_path, lab_path):
             _verify_checksum(p)
     imgs, labs = _read_idx(img_path), _read_idx(lab_path)
-    if imgs.ndim != 3 or labs.ndim != 1 or imgs.shape[0] != labs.shape[0]:
-        raise ValueError(f"MNIST shapes do not match: images {imgs.shape}, labels {labs.shape}")
+    if imgs.ndim not in (3, 4) or labs.ndim != 1 or imgs.shape[0] != labs.shape[0]:
+        raise ValueError(f"IDX shapes do not match: images {imgs.shape} (expected (N, H, W) or (N, H, W, C)), "
+                         f"labels {labs.shape}")
     if limit is not None:
         imgs, labs = imgs[:limit], labs[:limit]
-    x = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
+    x = torch.from_numpy(imgs.astype(np.float32) / 255.0)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     return Dataset(x.contiguous(), torch.from_numpy(labs.astype(np.int64)))
+
+
+def load_mnist(data_dir: str | os.PathLike, split: str = "test", *, limit: int | None = None,
+               verify: bool = True) -> Dataset:
+    """MNIST from a directory of IDX files as ``(N, 1, 28, 28)`` float32 in ``[0, 1]``:
+    :func:`load_idx` (train 60000 images, test 10000)."""
+    return load_idx(data_dir, split, limit=limit, verify=verify)
 
 
 def load_image_folder(folder: str | os.PathLike, *, size: int | tuple[int, int], channels: int = 3,

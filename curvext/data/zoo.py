@@ -21,6 +21,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from torch import nn
 
 from curvext.data import datasets as _data
 from curvext.utils.atomic_files import atomic_path
+from curvext.utils.cache_keys import tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +40,10 @@ __all__ = ["LeNet", "NiN", "TrainConfig", "ZooModel", "ARCHITECTURES", "ACTIVATI
 
 ACTIVATIONS = ("relu", "smooth")
 _CACHE_VERSION = 1
-#: per-dataset (channels, image size, classes, mean, std).
+#: per-dataset (channels, image size, classes, mean, std). Any other name is an IDX dataset in
+#: MNIST's layout (Fashion-MNIST, ...), whose spec is read from its training images.
 _DATASETS = {"digits": (1, 8, 10, 0.30, 0.40), "mnist": (1, 28, 10, 0.1307, 0.3081)}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _act(activation: str) -> nn.Module:
@@ -116,6 +120,8 @@ class TrainConfig:
     """Everything that changes the trained weights (all of it goes into the cache key).
 
     ``train_limit``: use the first ``train_limit`` training images (None: all).
+    ``data_digest``: for an IDX dataset other than MNIST, a digest of its training images and
+    labels (None for the built-in datasets), so two datasets under one name never share weights.
     """
 
     name: str = "lenet"
@@ -127,9 +133,13 @@ class TrainConfig:
     batch_size: int = 64
     weight_decay: float = 0.0
     train_limit: int | None = None
+    data_digest: str | None = None
 
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "version": _CACHE_VERSION}, sort_keys=True)
+        fields = asdict(self)
+        if fields["data_digest"] is None:  # the built-in datasets keep their keys
+            del fields["data_digest"]
+        blob = json.dumps({**fields, "version": _CACHE_VERSION}, sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"{self.name}-{self.activation}-{self.dataset}-s{self.seed}-{digest}"
 
@@ -153,14 +163,33 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "curvext"
 
 
-def build(name: str, activation: str = "relu", dataset: str = "digits") -> nn.Module:
-    """An untrained zoo model sized and normalised for ``dataset`` (``"digits"`` or ``"mnist"``)."""
+def _check_dataset(dataset) -> None:
+    if not isinstance(dataset, str) or not _NAME.fullmatch(dataset):
+        raise ValueError(f"dataset must be 'digits', 'mnist' or the name of an IDX dataset (letters, digits, '.', "
+                         f"'_', '-'), got {dataset!r}")
+
+
+def build(name: str, activation: str = "relu", dataset: str = "digits", spec: tuple | None = None) -> nn.Module:
+    """An untrained zoo model sized and normalised for ``dataset`` (``"digits"``, ``"mnist"``, or
+    another IDX dataset with its ``spec`` = (channels, image size, classes, mean, std))."""
     if name not in ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
-    if dataset not in _DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}")
-    c, s, n, mean, std = _DATASETS[dataset]
-    return ARCHITECTURES[name](c, s, n, activation, mean=mean, std=std)
+    _check_dataset(dataset)
+    if spec is None:
+        if dataset not in _DATASETS:
+            raise ValueError(f"dataset {dataset!r} is none of the built-in {sorted(_DATASETS)}: pass its spec "
+                             "(channels, image size, classes, mean, std)")
+        spec = _DATASETS[dataset]
+    c, s, n, mean, std = spec
+    return ARCHITECTURES[name](int(c), int(s), int(n), activation, mean=float(mean), std=float(std))
+
+
+def _idx_spec(train: _data.Dataset) -> tuple:
+    """(channels, image size, classes, mean, std) of an IDX dataset's training images."""
+    _, c, h, w = train.images.shape
+    if h != w:
+        raise ValueError(f"zoo models take square images, the IDX dataset's are {h}x{w}")
+    return (c, h, int(train.labels.max()) + 1, float(train.images.mean()), float(train.images.std()))
 
 
 @torch.no_grad()
@@ -176,8 +205,8 @@ def _load_split(cfg: TrainConfig, split: str, data_dir) -> _data.Dataset:
     if cfg.dataset == "digits":
         return _data.load_digits(split, seed=cfg.seed)
     if data_dir is None:
-        raise ValueError("dataset='mnist' needs data_dir (a directory of MNIST IDX files)")
-    return _data.load_mnist(data_dir, split, limit=cfg.train_limit if split == "train" else None)
+        raise ValueError(f"dataset={cfg.dataset!r} needs data_dir (a directory of IDX files)")
+    return _data.load_idx(data_dir, split, limit=cfg.train_limit if split == "train" else None)
 
 
 def _fit(model: nn.Module, ds: _data.Dataset, cfg: TrainConfig, gen: torch.Generator) -> None:
@@ -210,9 +239,11 @@ def train(name: str = "lenet", activation: str = "relu", dataset: str = "digits"
     Args:
         name: ``"lenet"`` or ``"nin"``.
         activation: ``"relu"`` (FD curvature) or ``"smooth"`` (exact HVPs).
-        dataset: ``"digits"`` (sklearn, trained in seconds) or ``"mnist"`` (needs ``data_dir``;
+        dataset: ``"digits"`` (sklearn, trained in seconds), ``"mnist"`` (needs ``data_dir``;
             default ``train_limit`` 20000 images and 8 epochs: about a minute (LeNet) or two (NiN)
-            on 2 cores).
+            on 2 cores), or the name of another IDX dataset in ``data_dir`` (e.g.
+            ``"fashion-mnist"``; trained like MNIST, normalised by its training images' mean and
+            standard deviation, cached under its name and a digest of its training data).
         epochs: default 60 for digits (test accuracy LeNet 0.97-0.98, NiN 0.94-0.96) or 8 for
             MNIST (NiN relu 0.962, NiN smooth 0.972; LeNet relu 0.988 already at 4 epochs).
         seed: seeds weight init, shuffling and (digits) the train/test split. The global RNG is
@@ -221,11 +252,10 @@ def train(name: str = "lenet", activation: str = "relu", dataset: str = "digits"
             The key holds every :class:`TrainConfig` field but not ``data_dir`` (MNIST files are
             checked against ``SHA256SUMS`` when present).
     """
-    if dataset not in _DATASETS:
-        raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}")
+    _check_dataset(dataset)
     if epochs is None:
         epochs = 60 if dataset == "digits" else 8
-    if dataset == "mnist" and train_limit is None:
+    if dataset != "digits" and train_limit is None:
         train_limit = 20000
     for value, label in ((epochs, "epochs"), (batch_size, "batch_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -234,9 +264,16 @@ def train(name: str = "lenet", activation: str = "relu", dataset: str = "digits"
         raise ValueError(f"lr must be > 0, got {lr!r}")
     cfg = TrainConfig(name, activation, dataset, int(seed), epochs, float(lr), batch_size,
                       float(weight_decay), train_limit)
+    spec, train_ds = None, None
+    if dataset not in _DATASETS:  # another IDX dataset: its shape, classes and statistics from its files
+        build(name, activation, "digits")  # validates name/activation before data is read
+        train_ds = _load_split(cfg, "train", data_dir)
+        spec = _idx_spec(train_ds)
+        digest = tensor_digest(train_ds.images) + tensor_digest(train_ds.labels)
+        cfg = TrainConfig(**{**asdict(cfg), "data_digest": digest})
     with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is left as it was
         torch.manual_seed(cfg.seed)
-        model = build(name, activation, dataset)  # also validates name/activation before data is read
+        model = build(name, activation, dataset, spec)  # also validates name/activation before data is read
     path = cache_dir(cache) / f"{cfg.key()}.pt"
     test = _load_split(cfg, "test", data_dir)
     if use_cache and path.is_file():
@@ -246,14 +283,15 @@ def train(name: str = "lenet", activation: str = "relu", dataset: str = "digits"
         logger.info("loaded %s from cache %s", cfg.key(), path)
         return ZooModel(model, float(ckpt["test_accuracy"]), cfg, path, True)
 
-    train_ds = _load_split(cfg, "train", data_dir)
+    train_ds = _load_split(cfg, "train", data_dir) if train_ds is None else train_ds
     gen = torch.Generator().manual_seed(cfg.seed)
     _fit(model, train_ds, cfg, gen)
     acc = evaluate_accuracy(model, test.images, test.labels)
     logger.info("trained %s: test accuracy %.4f", cfg.key(), acc)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:  # a concurrent reader never sees half a file
-        torch.save({"state_dict": model.state_dict(), "test_accuracy": acc, "config": asdict(cfg)}, tmp)
+        torch.save({"state_dict": model.state_dict(), "test_accuracy": acc, "config": asdict(cfg),
+                    "spec": None if spec is None else list(spec)}, tmp)
     return ZooModel(model, acc, cfg, path, False)
 
 
@@ -328,7 +366,7 @@ def _load_module(path: Path, module_path: str | None, model_kwargs: dict | None)
             raise ValueError(f"{path} is not TorchScript; for a state-dict checkpoint pass "
                              "module_path='package.module:ClassName'")
         cfg = ckpt["config"]
-        model = build(cfg["name"], cfg["activation"], cfg["dataset"])
+        model = build(cfg["name"], cfg["activation"], cfg["dataset"], ckpt.get("spec"))
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()
     cls = _import_class(module_path)

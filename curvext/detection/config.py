@@ -3,14 +3,23 @@ detector, and that a calibration file stores."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
-from curvext.curvature.quadratic_forms import METHODS
+import torch
 
+from curvext.curvature.quadratic_forms import METHODS
+from curvext.detection.recovery import RECOVERY_RULES
+from curvext.utils import model_checks
+
+logger = logging.getLogger(__name__)
+
+AUTO_METHOD = "auto"  # resolved by CurvatureDetector from the model: autograd (smooth) or fd2 (ReLU/max-pool)
 ESTIMATORS = ("hutchinson", "deflated")
 ORIENTATIONS = ("higher", "lower")
 ORIENTATION_RULES = ORIENTATIONS + ("probe", "auto")
+RECOVERY_CHOICES = RECOVERY_RULES + ("probe",)  # "probe": adopt the rule the calibration probe suggests
 PROBE_NORMS = ("l2", "linf")  # the probe's PGD norm: pick the one the attacks to be detected do not use
 DEFAULT_PROBE_EPS_LINF = 0.2  # per-pixel probe radius for probe_norm="linf" when none is given
 DEFAULT_SCALE = 0.05  # fd/fd2 scale h when none is given (see choose_scale)
@@ -50,9 +59,11 @@ class DetectorConfig:
     num_directions: T random unit directions, shared by every class and image.
     classes: None sums over every competing class; K over the K highest-scoring ones.
     method: "autograd" (exact second derivatives, smooth nets), "fd" or "fd2" (at scale ``h``;
-        piecewise-linear nets, whose exact input Hessian is zero almost everywhere).
+        piecewise-linear nets, whose exact input Hessian is zero almost everywhere), or "auto"
+        (the default): :class:`CurvatureDetector` picks autograd or fd2 from its model and logs it.
     h: finite-difference scale (an l2 step in input units) for fd/fd2; None means
-        ``DEFAULT_SCALE`` for fd/fd2 and 0 for autograd (resolved on construction).
+        ``DEFAULT_SCALE`` for fd/fd2 and 0 for autograd (resolved on construction; with "auto",
+        when the method is resolved).
     estimator: "hutchinson" (plain sampling) or "deflated" (exact top principal curvatures by
         Lanczos plus sampling of the rest).
     deflation_k: principal curvatures computed exactly per class by the deflated estimator.
@@ -61,6 +72,10 @@ class DetectorConfig:
         ``batch x classes x (deflation_basis_size + 1) x d``.
     orientation: "probe" (read from a PGD probe of clean images at calibration), "higher",
         "lower" or "auto" (the paper's sign rule on the clean rho).
+    recovery: the label-recovery rule of flagged images, one of ``RECOVERY_RULES`` ("max",
+        Algorithm 2's, by default), or "probe" to adopt the rule the calibration probe suggests
+        (the probe's images sit just across the boundary, so its suggestion suits minimal
+        attacks more than high-confidence ones).
     probe_eps: largest probe radius in input units (None: ``0.05 sqrt(d)`` for l2,
         ``DEFAULT_PROBE_EPS_LINF`` for linf). probe_norm: "l2" or "linf".
     seed: seeds the directions, the probe and the deflated estimator's start vectors.
@@ -73,12 +88,13 @@ class DetectorConfig:
 
     num_directions: int = 16
     classes: int | None = None
-    method: str = "fd2"
+    method: str = AUTO_METHOD
     h: float | None = None
     estimator: str = "hutchinson"
     deflation_k: int = 4
     deflation_basis_size: int | None = None
     orientation: str = "probe"
+    recovery: str = "max"
     probe_eps: float | None = None
     probe_norm: str = "l2"
     seed: int = 0
@@ -87,9 +103,13 @@ class DetectorConfig:
     compile: bool = False
 
     def __post_init__(self):
-        _choice("method", self.method, METHODS)
+        _choice("method", self.method, METHODS + (AUTO_METHOD,))
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("orientation", self.orientation, ORIENTATION_RULES)
+        _choice("recovery", self.recovery, RECOVERY_CHOICES)
+        if self.recovery == "probe" and self.orientation != "probe":
+            raise ValueError(f"recovery='probe' adopts the calibration probe's rule, which needs orientation='probe', "
+                             f"got orientation={self.orientation!r}")
         _choice("probe_norm", self.probe_norm, PROBE_NORMS)
         _positive_int("num_directions", self.num_directions)
         _positive_int("classes", self.classes, allow_none=True)
@@ -104,7 +124,9 @@ class DetectorConfig:
         if self.probe_eps is not None:
             object.__setattr__(self, "probe_eps",
                                _positive_finite("probe_eps", self.probe_eps, "a positive finite radius"))
-        if self.h is None:
+        if self.h is None and self.method == AUTO_METHOD:
+            pass  # resolved with the method
+        elif self.h is None:
             object.__setattr__(self, "h", _default_scale(self.method))
         elif self.method == "autograd" and self.h == 0:
             object.__setattr__(self, "h", 0.0)
@@ -116,7 +138,7 @@ class DetectorConfig:
             object.__setattr__(self, "input_range", (float(self.input_range[0]), float(self.input_range[1])))
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
-        if self.compile and (self.method != "autograd" or self.estimator != "hutchinson"):
+        if self.compile and (self.method not in ("autograd", AUTO_METHOD) or self.estimator != "hutchinson"):
             raise ValueError("compile=True applies to method='autograd' with estimator='hutchinson' "
                              f"(the exact sums), got method={self.method!r}, estimator={self.estimator!r}")
 
@@ -150,3 +172,17 @@ class DetectorConfig:
         if values.get("input_range") is not None:
             values["input_range"] = tuple(values["input_range"])
         return cls(**values)
+
+
+def resolve_method(model: torch.nn.Module, config: DetectorConfig) -> DetectorConfig:
+    """``config`` with method "auto" replaced by "fd2" for a piecewise-linear model (ReLU/max-pool
+    layers, :func:`curvext.utils.model_checks.is_piecewise_linear`) and by "autograd" otherwise
+    (then ``compile`` applies; for fd2 it is dropped); the choice is logged. Other methods are
+    returned unchanged."""
+    if config.method != AUTO_METHOD:
+        return config
+    piecewise = model_checks.is_piecewise_linear(model)
+    method = "fd2" if piecewise else "autograd"
+    logger.info("method 'auto' -> %s (%s)", method, "the model has ReLU/max-pool layers: finite differences at "
+                "a scale h" if piecewise else "a smooth model: exact second derivatives")
+    return config.replace(method=method, compile=config.compile and method == "autograd")

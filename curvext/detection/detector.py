@@ -10,8 +10,9 @@ Which side perturbed images fall on depends on the model and the scale h: on the
 is "higher" for the ReLU LeNet on sklearn digits and "lower" for the ReLU LeNet on MNIST, for
 every attack alike, and neither the paper's sign rule nor the clean margin predicts it. So the
 default, ``orientation="probe"``, reads it from the clean calibration images alone, through a
-small PGD probe (:mod:`curvext.detection.probe`) that also picks the recovery rule and, for
-fd/fd2, the scale (:meth:`CurvatureDetector.choose_scale`).
+small PGD probe (:mod:`curvext.detection.probe`) that also suggests a recovery rule and, for
+fd/fd2, picks the scale (:meth:`CurvatureDetector.choose_scale`). Flagged images are recovered by
+Algorithm 2's rule ("max") unless the config asks for another one (or for the probe's).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from curvext import __version__
 from curvext.curvature.compiled_sums import CompiledCurvatureSums
 from curvext.detection import scale_selection
 from curvext.detection.calibration_file import Calibration, read_calibration, write_calibration
-from curvext.detection.config import ORIENTATIONS, DetectorConfig
+from curvext.detection.config import ORIENTATIONS, DetectorConfig, resolve_method
 from curvext.detection.metrics import best_threshold, calibrate_threshold
 from curvext.detection.probe import ProbeResult, orientation_from_probe, run_probe
 from curvext.detection.recovery import recovered_labels
@@ -72,7 +73,13 @@ class CurvatureDetector:
         config: a :class:`DetectorConfig`; or give its fields as keyword arguments
             (``CurvatureDetector(model, num_directions=16, method="fd2")``), which override those
             of ``config``. Every field is also an attribute of the detector; setting one (e.g.
-            ``det.h = 0.1``) replaces the config, validated.
+            ``det.h = 0.1``) replaces the config, validated. Method "auto" (the default) is
+            resolved from the model on construction and logged: "autograd" for smooth nets,
+            "fd2" for piecewise-linear ones (:func:`~curvext.detection.config.resolve_method`).
+
+    After :meth:`calibrate`, ``recovery`` is the rule flagged images are recovered by
+    (``config.recovery``: Algorithm 2's "max" unless asked otherwise) and
+    ``suggested_recovery`` the rule the calibration probe would pick (None without the probe).
     """
 
     num_directions = _Setting()
@@ -94,6 +101,7 @@ class CurvatureDetector:
             raise TypeError(f"config must be a DetectorConfig, got {type(config).__name__}")
         config = DetectorConfig(**settings) if config is None else config.replace(**settings)
         model_checks.require_eval(model, "model")
+        config = resolve_method(model, config)
         if config.method == "autograd" and model_checks.is_piecewise_linear(model):
             logger.warning("model has ReLU/max-pool layers: its exact input Hessian is zero almost "
                            "everywhere; use method='fd' or 'fd2' to measure curvature at a scale h")
@@ -103,7 +111,8 @@ class CurvatureDetector:
         self.config = config
         self.threshold: float | None = None
         self.orientation: str | None = config.orientation if config.orientation in ORIENTATIONS else None
-        self.recovery = "max"
+        self.recovery = "max" if config.recovery == "probe" else config.recovery
+        self.suggested_recovery: str | None = None
         self.fpr: float | None = None  # the target false-positive rate of the last calibrate()
         self.n_calibration_images = 0
         self.scale_choice: scale_selection.ScaleChoice | None = None  # the last choose_scale()
@@ -118,6 +127,7 @@ class CurvatureDetector:
     def config(self, config: DetectorConfig) -> None:
         if not isinstance(config, DetectorConfig):
             raise TypeError(f"config must be a DetectorConfig, got {type(config).__name__}")
+        config = resolve_method(self.model, config)
         old = self._config
         if not config.compile:
             self._compiled_sums = None
@@ -156,24 +166,26 @@ class CurvatureDetector:
             self._probe_memo = (key, run_probe(self.model, x_clean, self.config))
         return self._probe_memo[1]
 
-    def choose_scale(self, x_clean: torch.Tensor, scales=None) -> scale_selection.ScaleChoice:
+    def choose_scale(self, x_clean: torch.Tensor, scales=None, *, extend: bool = True) -> scale_selection.ScaleChoice:
         """Set ``h`` to the candidate scale at which the probe of the clean images separates best
-        from them (fd/fd2 only) and return the :class:`~curvext.detection.scale_selection.ScaleChoice`.
-        ``scales`` default: ``scale_selection.PROBE_SCALES``. Call it before :meth:`calibrate`."""
+        from them (fd/fd2 only) and return the :class:`~curvext.detection.scale_selection.ScaleChoice`
+        (the chosen h, every candidate's separation). ``scales`` default:
+        ``scale_selection.PROBE_SCALES``; with ``extend``, candidates are added beyond an edge
+        of the grid while the best one lies there. Call it before :meth:`calibrate`."""
         if self.config.method == "autograd":
             raise ValueError("choose_scale applies to method 'fd' or 'fd2' (autograd has no scale h)")
         model_checks.check_images(x_clean, "x_clean", self.config.input_range)
         choice = scale_selection.choose_scale(
             self.model, self.config, x_clean, self.probe(x_clean),
-            scale_selection.PROBE_SCALES if scales is None else scales, self._compiled_sums)
+            scale_selection.PROBE_SCALES if scales is None else scales, self._compiled_sums, extend=extend)
         self.h = choice.h
         self.scale_choice = choice
         return choice
 
     def resolve_orientation(self, x_clean: torch.Tensor, rho_clean: torch.Tensor) -> tuple[str, str]:
-        """``(orientation, recovery rule)`` for clean images ``x_clean`` with statistics
-        ``rho_clean (N,)``: fixed, the paper's sign rule ("auto"), or from the PGD probe ("probe")
-        (:func:`curvext.detection.probe.orientation_from_probe`)."""
+        """``(orientation, recovery rule the probe suggests)`` for clean images ``x_clean`` with
+        statistics ``rho_clean (N,)``: fixed, the paper's sign rule ("auto"), or from the PGD probe
+        ("probe") (:func:`curvext.detection.probe.orientation_from_probe`; "max" without the probe)."""
         probe = scores = None
         if self.config.orientation == "probe":
             probe = self.probe(x_clean)
@@ -181,12 +193,20 @@ class CurvatureDetector:
         return orientation_from_probe(self.config, rho_clean, probe, scores)
 
     def calibrate(self, x_clean: torch.Tensor, *, fpr: float = 0.05) -> CurvatureDetector:
-        """Set the threshold, the orientation and the recovery rule from clean images alone, for a
-        target false-positive rate ``fpr`` in (0, 1)."""
+        """Set the threshold, the orientation and the recovery rule from the clean images
+        ``x_clean`` alone (a calibration split: not the images the detector will be judged on),
+        for a target false-positive rate ``fpr`` in (0, 1). The recovery rule is
+        ``config.recovery``; the probe's pick is kept as ``suggested_recovery`` (and adopted
+        with ``recovery="probe"``)."""
         if not 0.0 < fpr < 1.0:
             raise ValueError(f"fpr must be in (0, 1), got {fpr!r}")
         rho = self.score(x_clean).rho.double().cpu()
-        self.orientation, self.recovery = self.resolve_orientation(x_clean, rho)
+        self.orientation, suggestion = self.resolve_orientation(x_clean, rho)
+        self.suggested_recovery = suggestion if self.config.orientation == "probe" else None
+        self.recovery = suggestion if self.config.recovery == "probe" else self.config.recovery
+        if self.suggested_recovery not in (None, self.recovery):
+            logger.info("the calibration probe suggests recovery rule %r (using %r; recovery='probe' adopts it)",
+                        self.suggested_recovery, self.recovery)
         sign = 1.0 if self.orientation == "higher" else -1.0
         self.threshold = sign * calibrate_threshold((sign * rho).numpy(), fpr)
         self.fpr, self.n_calibration_images = float(fpr), int(x_clean.shape[0])

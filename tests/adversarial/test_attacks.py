@@ -200,3 +200,16 @@ def test_cw_matches_torchattacks(setup):
     assert 0.95 <= ratio <= 1.05, ratio
     full = attacks.carlini_wagner(model, x, y, confidence=0.0, c=1.0, binary_steps=4, **kw)
     assert full.success_rate >= float(their_ok.float().mean())
+
+
+def test_pgd_mask_leaves_the_other_pixels_exactly_alone(setup):
+    model, x, y = setup
+    mask = x > 0  # a digit's strokes; the background stays exactly 0
+    for norm, eps in (("l2", 1.0), ("linf", 0.2)):
+        res = attacks.pgd(model, x, y, eps=eps, norm=norm, steps=10, mask=mask)
+        _check_result(model, x, res, norm)
+        assert torch.equal(res.adversarial[~mask], x[~mask])
+        assert float((res.adversarial - x)[mask].abs().max()) > 0
+    full = attacks.pgd(model, x, y, eps=1.0, norm="l2", steps=10)
+    assert torch.equal(attacks.pgd(model, x, y, eps=1.0, norm="l2", steps=10, mask=torch.ones_like(mask)).adversarial,
+                       full.adversarial)  # an all-True mask is plain PGD

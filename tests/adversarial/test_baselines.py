@@ -113,3 +113,63 @@ def test_baselines_catch_minimal_but_not_confident_attacks(tmp_path_factory):
     assert auc_near > 0.9 and auc_far < auc_near
     fs = baselines.feature_squeezing_score(model, x)
     assert fs.score.shape == (60,) and bool((fs.score >= 0).all() & (fs.score <= 2).all())
+
+
+def test_logit_margin_hand_computed():
+    x = torch.stack([torch.full((1, 2, 2), 0.5), torch.zeros(1, 2, 2)])
+    # logits (2, 0, -2): runner-up minus top = -2; logits (0, 0, 0): 0
+    assert baselines.logit_margin_score(_FixedLogits().eval(), x).tolist() == [-2.0, 0.0]
+
+
+def test_noise_consistency_against_a_literal_loop():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    got = baselines.noise_consistency_score(net, x, sigma=0.2, samples=3, seed=7, batch_size=4)
+    expected = []
+    for start in (0, 4):  # the noise is drawn per group of batch_size images, from the seed
+        xb = x[start:start + 4]
+        noise = torch.randn((3,) + tuple(xb.shape), generator=torch.Generator().manual_seed(7))
+        with torch.no_grad():
+            p = torch.softmax(net(xb), 1)
+            k = p.argmax(1)
+            for i in range(xb.shape[0]):
+                noisy = [torch.softmax(net((xb[i] + 0.2 * noise[s, i]).clamp(0, 1)[None]), 1)[0, k[i]]
+                         for s in range(3)]
+                expected.append(float(p[i, k[i]]) - np.mean([float(q) for q in noisy]))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    constant = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.no_grad():
+        constant[1].weight.zero_()
+    # logits ignore x: no drop, up to the float32 rounding of a mean of 16 equal probabilities
+    assert float(baselines.noise_consistency_score(constant, x).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="sigma"):
+        baselines.noise_consistency_score(net, x, sigma=0.0)
+
+
+def test_differentiable_baselines_equal_the_scores_and_carry_gradients():
+    from curvext.adversarial.squeezers import Squeezer
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Softplus(), nn.Linear(8, 4)).eval()
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    squeezer = Squeezer(2, 2, None)
+    xg = x.clone().requires_grad_(True)
+    diff = baselines.differentiable_baselines(net, xg, squeezer=squeezer, sigma=0.1, samples=4, seed=3)
+    plain = {"max-softmax": baselines.max_softmax_score(net, x),
+             "logit-margin": baselines.logit_margin_score(net, x),
+             "noise-consistency": baselines.noise_consistency_score(net, x, sigma=0.1, samples=4, seed=3),
+             "feature-squeezing": baselines.feature_squeezing_score(net, x, squeezer=squeezer).score}
+    assert set(diff) == set(baselines.BASELINES)
+    for name, value in plain.items():
+        torch.testing.assert_close(diff[name].detach(), value, rtol=1e-5, atol=1e-6)
+        (g,) = torch.autograd.grad(diff[name].sum(), xg, retain_graph=True)
+        assert float(g.abs().sum()) > 0, name  # feature squeezing too: its squeezers pass the gradient through
+
+
+def test_feature_squeezing_with_non_local_means():
+    from curvext.adversarial.squeezers import Squeezer
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(192, 3)).eval()
+    fs = baselines.feature_squeezing_score(net, x, squeezer=Squeezer(5, 0, (5, 3, 10.0)))
+    assert fs.median is None and fs.nlm is not None
+    torch.testing.assert_close(fs.score, torch.maximum(fs.bit_depth, fs.nlm))

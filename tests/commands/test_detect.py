@@ -173,13 +173,15 @@ def test_two_processes_on_one_output_folder_share_the_work(tmp_path, cli_calibra
     pd.testing.assert_frame_equal(detections(out), detections(reference))
 
 
-def test_calibrate_chooses_h_among_the_given_scales(tmp_path, relu_lenet):
+def test_calibrate_chooses_h_from_the_given_scales_extended_beyond_an_edge(tmp_path, relu_lenet):
     folder = write_digit_folder(tmp_path / "clean", 30, offset=300)
     path = tmp_path / "auto.json"
     assert main(["calibrate", "--data-dir", str(folder), "--images", "30", "--out", str(path), "--checkpoint",
                  str(relu_lenet[1]), "--image-size", "8", "--channels", "1", "--directions", "2",
                  "--h", "0.05,0.2", "--workers", "0"]) == 0
     document = json.loads(path.read_text())
-    assert set(document["scale_choice"]) == {"0.05", "0.2"}
+    tried = {float(h) for h in document["scale_choice"]}
+    assert {0.05, 0.2} <= tried  # the given grid, plus candidates only beyond its edges (choose_scale's extension)
+    assert all(h < 0.05 or h > 0.2 for h in tried - {0.05, 0.2})
     best = max(document["scale_choice"].values())
     assert document["config"]["h"] == max(float(h) for h, s in document["scale_choice"].items() if s == best)

@@ -98,9 +98,10 @@ def test_paths_rejects_bad_values_in_one_line_naming_the_flag(option, value, cap
     assert option in err[-1] and "expected" in err[-1]
 
 
-def test_paths_needs_a_data_dir_for_mnist(tmp_path):
-    with pytest.raises(SystemExit, match="--data-dir"):
-        main(["paths", "--dataset", "mnist", "--out", str(tmp_path)])
+def test_paths_needs_a_data_dir_for_mnist(tmp_path, capsys):
+    assert main(["paths", "--dataset", "mnist", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--dataset mnist needs --data-dir" in err
 
 
 def test_summary_rows():

@@ -125,3 +125,16 @@ def test_image_folder_bad_args(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read"):
         data.load_image_folder(tmp_path, size=8)
+
+
+def test_idx_colour_images_and_generic_names(tmp_path):
+    """An (N, H, W, C) IDX image file gives (N, C, H, W) images; errors name IDX files."""
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(5, 6, 4, 3), dtype=np.uint8)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, size=5))
+    ds = data.load_idx(tmp_path, "test")
+    assert ds.images.shape == (5, 3, 6, 4)
+    np.testing.assert_allclose(ds.images.permute(0, 2, 3, 1).numpy(), imgs / 255.0, rtol=0, atol=1e-7)
+    with pytest.raises(FileNotFoundError, match="IDX file train-images"):
+        data.load_idx(tmp_path, "train")

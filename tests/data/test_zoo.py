@@ -147,3 +147,50 @@ def test_load_exported_program(tmp_path):
     (tmp_path / "bad.pt2").write_bytes(b"not an archive")
     with pytest.raises(ValueError, match="not a readable torch.export program"):
         zoo.load_checkpoint(tmp_path / "bad.pt2")
+
+
+def _idx_folder(root, images, labels) -> None:
+    """Write ``images (N, H, W)`` uint8 and ``labels`` as both splits of an IDX dataset."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    def write(path, arr):
+        arr = np.asarray(arr, dtype=np.uint8)
+        with gzip.open(path, "wb") as fh:
+            fh.write(struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+                     + arr.tobytes())
+
+    root.mkdir()
+    for stem in ("train", "t10k"):
+        write(root / f"{stem}-images-idx3-ubyte.gz", images)
+        write(root / f"{stem}-labels-idx1-ubyte.gz", labels)
+
+
+def test_another_idx_dataset_trains_under_its_own_name(tmp_path):
+    """An IDX dataset that is not MNIST: sized, normalised and cached from its own files; two
+    datasets under one name never share weights; the cache file rebuilds the model."""
+    from curvext import data
+
+    digits = data.load_digits("train")
+    images = (digits.images[:, 0].numpy() * 255).round()
+    labels = digits.labels.numpy()
+    _idx_folder(tmp_path / "a", images, labels)
+    zm = zoo.train("lenet", "relu", "tiny-fashion", tmp_path / "a", epochs=2, cache=tmp_path / "zoo")
+    assert zm.path.name.startswith("lenet-relu-tiny-fashion-s0-") and zm.config.data_digest is not None
+    model = zm.model
+    assert model.input_shape == (1, 8, 8) and model.num_classes == 10
+    x = data.load_idx(tmp_path / "a", "train")
+    assert float(model.mean) == pytest.approx(float(x.images.mean())) and float(model.std) == pytest.approx(
+        float(x.images.std()))
+    again = zoo.train("lenet", "relu", "tiny-fashion", tmp_path / "a", epochs=2, cache=tmp_path / "zoo")
+    assert again.from_cache and again.path == zm.path
+    _same_outputs(zoo.load_checkpoint(zm.path), model)
+    _idx_folder(tmp_path / "b", 255 - images, labels)  # other images, same name
+    other = zoo.train("lenet", "relu", "tiny-fashion", tmp_path / "b", epochs=2, cache=tmp_path / "zoo")
+    assert not other.from_cache and other.path != zm.path
+    with pytest.raises(ValueError, match="dataset"):
+        zoo.train("lenet", "relu", "../escape", tmp_path / "a")
+    with pytest.raises(ValueError, match="data_dir"):
+        zoo.train("lenet", "relu", "tiny-fashion")

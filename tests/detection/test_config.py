@@ -33,8 +33,10 @@ from tests.curvature.test_quadratic_forms import SmoothNet
     (dict(probe_eps=float("inf")), "probe_eps"),
     (dict(seed=1.5), "seed"),
     (dict(input_range=(1.0, 0.0)), "input_range"),
-    (dict(compile=True), "compile"),  # fd2 has nothing to compile
+    (dict(compile=True, method="fd2"), "compile"),  # fd2 has nothing to compile
     (dict(compile=True, method="autograd", estimator="deflated"), "compile"),
+    (dict(recovery="largest"), "recovery"),
+    (dict(recovery="probe", orientation="higher"), "recovery"),  # the probe runs with orientation "probe" only
 ])
 def test_bad_settings_are_refused_by_name(changes, name):
     with pytest.raises(ValueError, match=name):
@@ -42,7 +44,9 @@ def test_bad_settings_are_refused_by_name(changes, name):
 
 
 def test_defaults_and_resolved_scale():
-    assert DetectorConfig().h == DEFAULT_SCALE
+    assert DetectorConfig().method == "auto" and DetectorConfig().h is None  # resolved with the method
+    assert DetectorConfig().recovery == "max"
+    assert DetectorConfig(method="fd2").h == DEFAULT_SCALE
     assert DetectorConfig(method="autograd").h == 0.0
     assert DetectorConfig(h=1).h == 1.0 and isinstance(DetectorConfig(h=1).h, float)
     assert DetectorConfig(probe_norm="linf").probe_radius(784) == DEFAULT_PROBE_EPS_LINF

@@ -162,14 +162,40 @@ def test_probe_orientation_agrees_with_attacked_images():
     cw = attacks.carlini_wagner(model, x, confidence=5.0, steps=30)
     shift = det.score(cw.adversarial[cw.success]).rho.median() - det.score(x).rho.median()
     assert det.orientation == ("higher" if float(shift) > 0 else "lower")
-    # The recovery rule is the one that gives most probe images back their labels ("max" on ties).
+    # The probe suggests the rule that gives most probe images back their labels ("max" on
+    # ties); recovery stays Algorithm 2's "max" unless recovery="probe" adopts the suggestion.
     from curvext.detection.recovery import RECOVERY_RULES, recovered_labels
 
     p = det.probe(x)
     probe, truth = p.images, p.labels
     s = det.score(probe)
     hits = [int((recovered_labels(s.per_class, r, s.competitors) == truth).sum()) for r in RECOVERY_RULES]
-    assert det.recovery == RECOVERY_RULES[hits.index(max(hits))]
+    assert det.suggested_recovery == RECOVERY_RULES[hits.index(max(hits))] and det.recovery == "max"
+    adopting = CurvatureDetector(model, num_directions=8, method="fd2", h=0.1, recovery="probe").calibrate(x)
+    assert adopting.recovery == adopting.suggested_recovery == det.suggested_recovery
+    fixed = CurvatureDetector(model, num_directions=8, method="fd2", h=0.1, recovery="min-top2").calibrate(x)
+    assert fixed.recovery == "min-top2" and fixed.suggested_recovery == det.suggested_recovery
+    assert CurvatureDetector(model, num_directions=8, method="fd2", h=0.1,
+                             orientation="higher").calibrate(x).suggested_recovery is None
+
+
+def test_method_auto_follows_the_model_and_is_logged(caplog):
+    """CurvatureDetector(model) picks fd2 for a piecewise-linear model and autograd for a smooth
+    one, as the command line does, and says so."""
+    import logging
+
+    from curvext.detection.config import DEFAULT_SCALE
+
+    with caplog.at_level(logging.INFO, logger="curvext.detection.config"):
+        relu = CurvatureDetector(SmoothNet(torch.nn.ReLU()).eval())
+        smooth = CurvatureDetector(SmoothNet(torch.nn.Softplus()).eval(), compile=False)
+    assert relu.method == "fd2" and relu.h == DEFAULT_SCALE
+    assert smooth.method == "autograd" and smooth.h == 0.0
+    assert "method 'auto' -> fd2" in caplog.text and "method 'auto' -> autograd" in caplog.text
+    given = CurvatureDetector(SmoothNet(torch.nn.ReLU()).eval(), h=0.2)
+    assert given.method == "fd2" and given.h == 0.2
+    # compile applies to the exact method only: dropped where auto resolves to fd2
+    assert not CurvatureDetector(SmoothNet(torch.nn.ReLU()).eval(), compile=True).config.compile
 
 
 def test_recovered_labels_rules_skip_classes_outside_the_sum():

@@ -78,3 +78,52 @@ def test_evaluate_chooses_once_and_caches_the_choice(relu_model, tmp_path, monke
     rep2 = evaluate(relu_model, test.images, test.labels, detector=det2, attacks=attacks, out_dir=tmp_path,
                     scales=(0.02, 0.2), progress=False)
     assert calls == [] and det2.h == rep.scale_choice.h and rep2.scale_choice == rep.scale_choice
+
+
+def _stub_separation(monkeypatch, peak: float):
+    """Replace score_images in scale_selection by a stub under which the 200 probe images' rho is
+    that of the 400 clean ones (evenly spread on [0, 1]) shifted by ``0.8 exp(-ln(h / peak)^2 / 8)``,
+    a bump in log h that peaks at ``h = peak``: the best h is known, and the AUC grows strictly
+    with the shift (each 1/400 of shift moves 200 of the 80 000 pairs)."""
+    import math
+    from types import SimpleNamespace
+
+    from curvext.detection import scale_selection
+    from curvext.detection.probe import ProbeResult
+
+    probe_images = torch.rand(200, 1, 8, 8)
+
+    def stub(model, x, config, exact_sums=None):
+        if x is probe_images:
+            shift = 0.8 * math.exp(-math.log(config.h / peak) ** 2 / 8)
+            return SimpleNamespace(rho=torch.linspace(0, 1, 200, dtype=torch.float64) + shift)
+        return SimpleNamespace(rho=torch.linspace(0, 1, x.shape[0], dtype=torch.float64))
+
+    monkeypatch.setattr(scale_selection, "score_images", stub)
+    probe = ProbeResult(probe_images, torch.zeros(200, dtype=torch.long), torch.ones(400, dtype=torch.bool), 1.0)
+    return scale_selection, probe
+
+
+def test_grid_is_extended_toward_a_best_scale_beyond_it(monkeypatch, caplog):
+    from curvext.detection.config import DetectorConfig
+
+    config = DetectorConfig(method="fd2")
+    clean = torch.rand(400, 1, 8, 8)
+    scale_selection, probe = _stub_separation(monkeypatch, peak=0.3)
+    # grid 0.01..0.1: best at its top edge -> 0.2, 0.4 (best), 0.8 (worse): stops, 0.4 inside
+    choice = scale_selection.choose_scale(None, config, clean, probe, (0.01, 0.05, 0.1))
+    assert choice.extended == (0.2, 0.4, 0.8) and choice.h == 0.4 and not choice.at_edge
+    assert choice.best_separation == max(choice.separation.values()) == choice.separation[0.4]
+    assert "h = 0.4 (probe-vs-clean separation" in choice.summary() and "(+)" in choice.table()
+    # without extension: the edge of the grid, and a warning that the best may lie beyond
+    with caplog.at_level("WARNING"):
+        edge = scale_selection.choose_scale(None, config, clean, probe, (0.01, 0.05, 0.1), extend=False)
+    assert edge.h == 0.1 and edge.at_edge and edge.extended == () and "may lie beyond" in caplog.text
+    # far beyond the grid: three extensions (0.2, 0.4, 0.8) are not enough; still at the edge, said so
+    scale_selection, probe = _stub_separation(monkeypatch, peak=3.0)
+    far = scale_selection.choose_scale(None, config, clean, probe, (0.01, 0.05, 0.1))
+    assert far.h == 0.8 and far.at_edge and "may lie beyond" in far.summary()
+    # below the grid: halved down to, not past, the smallest scale float32 allows (1e-3)
+    scale_selection, probe = _stub_separation(monkeypatch, peak=1e-4)
+    low = scale_selection.choose_scale(None, config, clean, probe, (0.005, 0.01, 0.05))
+    assert low.extended == (0.0025, 0.00125) and low.h == 0.00125 and low.at_edge

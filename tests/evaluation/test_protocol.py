@@ -10,6 +10,16 @@ from curvext.cli import main
 from curvext.data import zoo
 from curvext.detection.detector import CurvatureDetector
 from curvext.evaluation.protocol import attack_suite, evaluate, write_outputs
+from curvext.evaluation.rows import SCORES
+
+PLAIN = "deepfool,pgd-linf,pgd-l2,cw"  # --attacks without the adaptive rows, where they are not the point
+
+
+def zoo_squeezer():
+    """The squeezer `curvext evaluate` picks for 1-channel images of a folder (greyscale)."""
+    from curvext.adversarial.squeezers import squeezer_for
+
+    return squeezer_for("folder", 1, 8)[1]
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +33,9 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     attacks = {k: v for k, v in attack_suite(cw_steps=20).items() if k in ("deepfool", "pgd-l2")}
     rep = evaluate(digits_model, test.images, test.labels, detector=det, attacks=attacks, out_dir=tmp_path,
                    progress=False)
-    assert {(r.attack, r.score) for r in rep.rows} == {
-        (a, s) for a in attacks for s in ("curvext", "max-softmax", "feature-squeezing")}
+    assert {(r.attack, r.score) for r in rep.rows} == {(a, s) for a in attacks for s in SCORES}
     for r in rep.rows:
-        assert 0.0 <= r.auc <= 1.0 and 0.5 <= r.accuracy <= 1.0
+        assert 0.0 <= r.auc <= 1.0 and 0.5 <= r.accuracy <= 1.0 and 0.0 <= r.tpr_calibrated <= 1.0
     # The curvext AUC equals the one computed from the raw rho arrays (orientation "higher").
     from sklearn.metrics import roc_auc_score
 
@@ -52,7 +61,7 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
         runner_up = digits_model(adversarial["adversarial"]).topk(2, dim=1).indices[:, 1]
     keep = (digits_model(test.images).argmax(1) == test.labels)
     original = test.labels[keep][adversarial["success"]]
-    for score in ("max-softmax", "feature-squeezing"):
+    for score in ("max-softmax", "logit-margin", "noise-consistency", "feature-squeezing"):
         base = next(r for r in rep.rows if r.attack == "pgd-l2" and r.score == score)
         assert base.recovery_if_flagged == pytest.approx(float((runner_up == original).double().mean()), abs=1e-12)
         assert 0.0 <= base.recovery <= 1.0
@@ -68,9 +77,10 @@ def test_report_rows_metrics_and_resume(digits_model, tmp_path):
     rep3 = evaluate(digits_model, test.images, test.labels, detector=det_h, attacks=spy, out_dir=tmp_path,
                     progress=False)
     assert calls == []
-    base = [(r.attack, r.score, r.success_rate, r.median_norm, r.auc) for r in rep.rows if r.score != "curvext"]
+    base = [(r.attack, r.score, r.success_rate, r.median_norm, r.auc) for r in rep.rows
+            if r.score not in ("curvext", "combined")]  # combined holds curvext
     assert base == [(r.attack, r.score, r.success_rate, r.median_norm, r.auc) for r in rep3.rows
-                    if r.score != "curvext"]
+                    if r.score not in ("curvext", "combined")]
     assert not np.allclose(rep3.rho_perturbed["pgd-l2"], rho_p)
     # The cached probe decision belongs to the orientation rule that made it: a fixed orientation
     # on the same images and h is used as given, not read back from the probe's cache.
@@ -106,10 +116,15 @@ def test_cache_never_serves_another_models_results(digits_model, tmp_path):
 
 def test_demo_command_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--images", "40", "--no-progress"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--images", "40", "--adaptive-images", "10",
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| attack | success |" in out and "cw-l2-k5" in out
-    assert "h chosen from the clean images by the probe" in out  # --h auto is the default
+    for row in ("adaptive-pgd", "adaptive-pgd-all", "adaptive-best-of-r"):  # adaptive rows by default
+        assert f"| {row} |" in out
+    assert "h chosen from the calibration images by the probe" in out  # --h auto is the default
+    assert "calibrated on 150 clean calibration images disjoint from the" in out
+    assert "feature squeezing 1-bit depth, 2x2 median" in out
     assert (tmp_path / "demo" / "eval-digits-lenet-relu-roc.png").is_file()
 
 
@@ -121,10 +136,10 @@ def test_evaluate_command_needs_data_dir_for_mnist(capsys):
 def test_evaluate_command_compares_scales_on_one_set_of_attacks(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
     args = ["evaluate", "--images", "40", "--directions", "4", "--h", "0.1,0.5", "--no-progress",
-            "--probe-norm", "linf", "--out", str(tmp_path / "out")]
+            "--probe-norm", "linf", "--out", str(tmp_path / "out"), "--attacks", PLAIN]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.count("(PGD-linf probe)") == 2
+    assert out.count("(PGD-linf probe), recovery by max curvature") == 2
     assert "## curvext by scale" in out and "| lenet-relu | fd2 | 0.1 |" in out and "| lenet-relu | fd2 | 0.5 |" in out
     attacks = sorted(p.name for p in (tmp_path / "out" / "cache").glob("attack-*.pt"))
     assert len(attacks) == 4  # one file per attack, shared by both scales
@@ -172,7 +187,7 @@ def test_evaluate_command_compiles_only_the_exact_method(tmp_path, monkeypatch, 
     monkeypatch.setattr(curvext.detection.detector, "CompiledCurvatureSums", Recorded)
     monkeypatch.setenv("CURVEXT_CACHE", str(tmp_path / "zoo"))
     args = ["evaluate", "--images", "30", "--directions", "2", "--activation", "relu,smooth", "--compile",
-            "--no-progress", "--out", str(tmp_path / "out")]
+            "--no-progress", "--out", str(tmp_path / "out"), "--attacks", "deepfool"]
     assert main(args) == 0
     assert "## lenet-smooth" in capsys.readouterr().out
     assert len(built) == 1  # the smooth model (autograd) only; the ReLU one runs fd2 eagerly
@@ -216,7 +231,8 @@ def test_evaluate_command_on_an_image_folder_with_a_normalised_checkpoint(digits
     torch.jit.save(torch.jit.trace(user.eval(), torch.rand(2, 1, 8, 8)), str(ckpt))
     args = ["evaluate", "--dataset", "folder", "--data-dir", str(tmp_path / "images"), "--checkpoint", str(ckpt),
             "--normalize", "0.5/0.25", "--image-size", "8", "--channels", "1", "--directions", "2", "--h", "0.1",
-            "--orientation", "higher", "--no-progress", "--out", str(tmp_path / "out")]
+            "--orientation", "higher", "--no-progress", "--out", str(tmp_path / "out"), "--attacks", PLAIN,
+            "--calibration-images", "0"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "30 correctly classified images" in out  # every image is 'correct' by its own prediction
@@ -230,8 +246,9 @@ def test_evaluate_command_on_an_image_folder_with_a_normalised_checkpoint(digits
     det = CurvatureDetector(model, num_directions=2, method="fd2", h=0.1, orientation="higher")
     with torch.no_grad():
         labels = model(images).argmax(1)
-    rep = evaluate(model, images, labels, detector=det, progress=False)
-    assert rep.table().splitlines()[2] in out
+    rep = evaluate(model, images, labels, detector=det, attacks=attack_suite(include=PLAIN.split(",")),
+                   progress=False, squeezer=zoo_squeezer())
+    assert rep.summary().splitlines()[4] in out  # the deepfool row of the AUC table
 
 
 def test_evaluate_command_folder_needs_a_checkpoint(tmp_path, capsys):
@@ -258,8 +275,50 @@ def test_evaluate_command_sums_over_ten_classes_of_a_many_class_model(digits_mod
     torch.export.save(torch.export.export(ManyClasses().eval(), (torch.rand(2, 1, 8, 8),),
                                           dynamic_shapes=({0: batch},)), str(ckpt))
     args = ["evaluate", "--checkpoint", str(ckpt), "--images", "12", "--directions", "2", "--h", "0.1",
-            "--orientation", "higher", "--no-progress", "--out", str(tmp_path / "out")]
+            "--orientation", "higher", "--no-progress", "--out", str(tmp_path / "out"), "--attacks", "deepfool",
+            "--calibration-images", "0"]
     assert main(args) == 0
     assert "200 classes; curvature summed over the top 10 competing classes" in capsys.readouterr().err
     scores = [torch.load(p, weights_only=False) for p in (tmp_path / "out" / "cache").glob("clean-*.pt")]
     assert [s["per_class"].shape[1] for s in scores] == [200] and scores[0]["competitors"].shape[1] == 10
+
+
+def test_disjoint_calibration_split_and_adaptive_rows(digits_model, tmp_path, monkeypatch):
+    """Scale, orientation and thresholds come from the calibration images only; the adaptive rows
+    have the columns of the plain ones, and their cache depends on the detector they evade."""
+    from curvext.detection import metrics
+
+    test = data.load_digits("test")
+    x, y, cal = test.images[:30], test.labels[:30], test.images[300:340]
+    seen = []
+    real = CurvatureDetector.resolve_orientation
+    monkeypatch.setattr(CurvatureDetector, "resolve_orientation",
+                        lambda self, xc, rho: seen.append(xc) or real(self, xc, rho))
+    attacks = attack_suite(include=("pgd-l2", "adaptive-pgd", "adaptive-best-of-r"), pgd_steps=5, restarts=2,
+                           adaptive_images=8)
+    det = CurvatureDetector(digits_model, num_directions=4, method="fd2")
+    rep = evaluate(digits_model, x, y, detector=det, attacks=attacks, out_dir=tmp_path, progress=False,
+                   calibration_images=cal, scales=(0.05, 0.1))
+    assert len(seen) == 1 and torch.equal(seen[0], cal)  # the probe saw the calibration images only
+    assert rep.calibration_disjoint and rep.n_calibration == 40
+    assert "40 clean calibration images disjoint" in rep.header()
+    assert rep.scale_choice.n_clean == 40
+    cal_rho = torch.load(next(tmp_path.glob("cache/calibration-*.pt")), weights_only=False)["rho"].numpy()
+    sign = 1.0 if rep.orientation == "higher" else -1.0
+    t = metrics.calibrate_threshold(sign * cal_rho, 0.05)
+    assert det.threshold == pytest.approx(sign * t) and det.orientation == rep.orientation and det.recovery == "max"
+    row = next(r for r in rep.rows if r.attack == "pgd-l2" and r.score == "curvext")
+    assert row.tpr_calibrated == pytest.approx(float(np.mean(sign * rep.rho_perturbed["pgd-l2"] >= t)), abs=1e-12)
+    assert rep.clean_fpr["curvext"] == pytest.approx(float(np.mean(sign * rep.rho_clean >= t)), abs=1e-12)
+    adaptive = [r for r in rep.rows if r.attack.startswith("adaptive")]
+    assert {r.score for r in adaptive} == set(SCORES) and {r.attack for r in adaptive} == {
+        "adaptive-pgd", "adaptive-best-of-r"}
+    success = torch.load(next(tmp_path.glob("cache/attack-adaptive-pgd-*.pt")), weights_only=False)["success"]
+    assert success.shape == (8,)  # adaptive_images: the first 8 evaluated images
+    assert "| adaptive-pgd |" in rep.summary() and "| adaptive-best-of-r |" in rep.summary()
+    # Another detector (T) evades differently: the adaptive attacks run again, the plain one does not.
+    det2 = CurvatureDetector(digits_model, num_directions=2, method="fd2")
+    evaluate(digits_model, x, y, detector=det2, attacks=attacks, out_dir=tmp_path, progress=False,
+             calibration_images=cal, scales=(0.05, 0.1))
+    assert len(list(tmp_path.glob("cache/attack-pgd-l2-*.pt"))) == 1
+    assert len(list(tmp_path.glob("cache/attack-adaptive-pgd-*.pt"))) == 2
