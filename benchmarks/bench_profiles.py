@@ -5,7 +5,7 @@ of scipy.sparse.linalg.eigsh on the same curvature operator, at equal accuracy.
 
 Model: the zoo's smooth LeNet for MNIST with random weights (training is not what is timed).
 Images: the first B MNIST test images read straight from the IDX files when --mnist is given
-(default ../shared/data/mnist if present), else uniform noise. Points: DeepFool boundary points,
+(default $MNIST_DIR, else data/mnist, if present), else uniform noise. Points: DeepFool boundary points,
 found once and shared by both sides; pair (label across, original label).
 
 curvext: one batched Lanczos ("BE", 2k values) over all B images, on curvext.curvature.operators.
@@ -36,7 +36,7 @@ from curvext.geometry.profiles import curvature_points, principal_curvatures
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
-DEFAULT_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+DEFAULT_MNIST = Path(os.environ.get("MNIST_DIR", "data/mnist"))  # a folder of the four MNIST IDX files
 
 
 def setup(images=64, mnist=None, dtype=torch.float32, seed=0, device="cpu"):

@@ -1,6 +1,6 @@
 """Collapsed Taylor mode against vmapped forward-over-forward mode, measured in one run.
 
-    python benchmarks/bench_taylor_mode.py [--data-dir ../shared/data/mnist] [--images 16]
+    python benchmarks/bench_taylor_mode.py [--data-dir MNIST_DIR] [--images 16]
         [--directions 16] [--classes 9] [--repeat 5] [--device cpu] [--out F.md]
 
 For the zoo's smooth LeNet and NiN: milliseconds per group of images of (1) the sums over the

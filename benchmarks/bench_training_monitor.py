@@ -34,7 +34,7 @@ from curvext.training.monitor import MEASURES
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
-DEFAULT_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+DEFAULT_MNIST = Path(os.environ.get("MNIST_DIR", "data/mnist"))  # a folder of the four MNIST IDX files
 
 
 def load(mnist, train_limit):

@@ -1,6 +1,6 @@
 """Algorithm 2 throughput: curvext's CurvatureDetector against a straightforward reference.
 
-    python benchmarks/compare_detect.py [--data-dir ../shared/data/mnist] [--images 64] [--repeat 3] [--out F.md]
+    python benchmarks/compare_detect.py [--data-dir MNIST_DIR] [--images 64] [--repeat 3] [--out F.md]
 
 The reference is Algorithm 2 as printed, per image and per competing class, with one autograd
 Hessian-vector product per direction (same T, same classes, same directions). Both compute the
