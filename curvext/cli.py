@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 
 import torch
@@ -39,6 +40,24 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        """One line (argparse prints the whole usage first), exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
+def _with_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with the library's parameter names (``probe_eps``) written as the command's
+    options (``--probe-eps``), so an error raised deep in the library names what the user typed."""
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and "_" in a.dest}
+    if not flags:
+        return message
+    return re.sub(r"(?<![-\w])(" + "|".join(map(re.escape, flags)) + r")\b", lambda m: flags[m.group(1)], message)
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
 
 
 def default_threads(environ=os.environ) -> int:
@@ -86,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         if args.debug:
             raise
-        message = " ".join(str(err).split()) or type(err).__name__
+        message = _with_flags(" ".join(str(err).split()) or type(err).__name__, _command_parser(parser, args.command))
         print(f"curvext {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 

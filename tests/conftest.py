@@ -60,6 +60,21 @@ def deepfool_fails_on(monkeypatch):
     return fail
 
 
+def one_line_error(argv, capsys) -> str:
+    """Run the command line on ``argv``; assert it failed with status 2 and one line on stderr,
+    no traceback (whether argparse refused a value or the command raised a user error)."""
+    from curvext.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse refused a value
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 def write_digit_folder(folder, n: int, *, flat: bool = False, offset: int = 0):
     """The digits test images offset..offset+n as 8x8 greyscale PNGs, one sub-folder per label
     (ImageFolder layout) or all in ``folder`` (flat)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from curvext.data.normalization import parse_normalization
 
@@ -90,3 +91,26 @@ def normalization(text: str):
         return parse_normalization(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def existing_file(text: str) -> str:
+    """The path of a file that exists."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"expected an existing file, got {text!r}, which "
+                                         f"{'is a folder' if os.path.isdir(text) else 'does not exist'}")
+    return text
+
+
+def existing_folder(text: str) -> str:
+    """The path of a folder that exists."""
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected an existing folder, got {text!r}, which "
+                                         f"{'is a file' if os.path.exists(text) else 'does not exist'}")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """A folder to write into: absent (created later) or an existing directory, not a file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a folder to write into, got {text!r}, which is a file")
+    return text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from curvext.commands import evaluate as _evaluate
-from curvext.commands.arg_types import positive_int
+from curvext.commands.arg_types import output_folder, positive_int
 from curvext.commands.placement import add_device_argument
 
 DEMO_ADAPTIVE_IMAGES = 50  # the adaptive rows attack this many images (curvext evaluate: all by default)
@@ -20,7 +20,7 @@ DEMO_ADAPTIVE_IMAGES = 50  # the adaptive rows attack this many images (curvext 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="built-in end-to-end run on sklearn digits (no downloads)")
-    p.add_argument("--out", default="curvext-out", help="folder for tables, plots and cache")
+    p.add_argument("--out", type=output_folder, default="curvext-out", help="folder for tables, plots and cache")
     p.add_argument("--images", type=positive_int, default=300)
     p.add_argument("--adaptive-images", type=positive_int, default=DEMO_ADAPTIVE_IMAGES,
                    help=f"images the adaptive attacks attack (default {DEMO_ADAPTIVE_IMAGES}; they cost about "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from curvext.commands.arg_types import positive_int
+from curvext.commands.arg_types import existing_file, output_folder, positive_int
 from curvext.commands.model_source import add_single_model_arguments, load_model
 from curvext.commands.placement import add_device_argument, add_shard_argument, resolve_device
 from curvext.commands.sweep_options import add_folder_arguments, preprocessing_from
@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
                                    "OUT/rho-histogram.png. A rerun computes only what is missing; under torchrun "
                                    "each rank takes its share of the chunks.")
     add_folder_arguments(p, defaults=False)
-    p.add_argument("--calibration", required=True, help="the JSON file written by `curvext calibrate`")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--calibration", type=existing_file, required=True,
+                   help="the JSON file written by `curvext calibrate`")
+    p.add_argument("--out", type=output_folder, required=True, help="output folder")
     add_single_model_arguments(p)
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images scored together (default: the calibration's; halved on out-of-memory)")

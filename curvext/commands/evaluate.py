@@ -13,16 +13,20 @@ from curvext.adversarial.squeezers import Squeezer, squeezer_for
 from curvext.commands.arg_types import (
     non_negative_float,
     non_negative_int,
+    output_folder,
     positive_float,
     positive_int,
     scales,
 )
 from curvext.commands.model_source import (
+    activation_list,
     add_data_arguments,
     add_model_arguments,
     is_idx,
+    is_torchvision_model,
     load_test_images,
     load_user_model,
+    model_list,
     refuse_normalize_without_checkpoint,
 )
 from curvext.commands.placement import add_device_argument, resolve_device
@@ -40,8 +44,11 @@ MANY_CLASSES, MANY_CLASSES_K = 100, 10  # above MANY_CLASSES outputs, K defaults
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
-    p.add_argument("--model", default="lenet", help="zoo architectures, comma separated (lenet,nin)")
-    p.add_argument("--activation", default="relu", help="relu, smooth or both (comma separated)")
+    p.add_argument("--model", type=model_list, default="lenet", metavar="lenet|nin|torchvision:NAME",
+                   help="zoo architectures, comma separated (lenet,nin), or a torchvision architecture with "
+                        "--weights")
+    p.add_argument("--activation", type=activation_list, default="relu", metavar="relu|smooth|both",
+                   help="activation of the zoo models: relu, smooth or both (comma separated)")
     add_model_arguments(p)
     p.add_argument("--images", type=positive_int, default=300, help="test images to attack (the first ones)")
     p.add_argument("--calibration-images", type=non_negative_int, default=150,
@@ -93,7 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"noise consistency: standard deviation of the Gaussian noise (default {NOISE_SIGMA})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/curvext or $CURVEXT_CACHE)")
-    p.add_argument("--out", default="curvext-out", help="folder for tables, plots and the resumable cache")
+    p.add_argument("--out", type=output_folder, default="curvext-out",
+                   help="folder for tables, plots and the resumable cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_argument(p)
 
@@ -131,14 +139,14 @@ def add_parser(sub) -> None:
 
 
 def _models(args, device):
-    if args.checkpoint:
-        yield "checkpoint", load_user_model(args, device), None
+    if args.checkpoint or is_torchvision_model(args.model[0]):
+        yield ("checkpoint" if args.checkpoint else args.model[0].split(":", 1)[1]), load_user_model(args, device), None
         return
-    for name in args.model.split(","):
-        for activation in ("relu", "smooth") if args.activation == "both" else args.activation.split(","):
-            zm = zoo.train(name.strip(), activation.strip(), args.dataset,
-                           args.data_dir if is_idx(args.dataset) else None, seed=args.seed, cache=args.cache)
-            yield f"{name.strip()}-{activation.strip()}", zm.model, zm.test_accuracy
+    for name in args.model:
+        for activation in args.activation:
+            zm = zoo.train(name, activation, args.dataset, args.data_dir if is_idx(args.dataset) else None,
+                           seed=args.seed, cache=args.cache)
+            yield f"{name}-{activation}", zm.model, zm.test_accuracy
 
 
 def _split(args, device):
@@ -167,8 +175,9 @@ def run(args) -> int:
     if args.dataset != "digits" and not args.data_dir:
         raise ValueError(f"--dataset {args.dataset} needs --data-dir (a folder of "
                          f"{'images' if args.dataset == 'folder' else 'IDX files'})")
-    if args.dataset == "folder" and not args.checkpoint:
-        raise ValueError("--dataset folder needs --checkpoint (the zoo trains on digits and IDX datasets only)")
+    if args.dataset == "folder" and not (args.checkpoint or is_torchvision_model(args.model[0])):
+        raise ValueError("--dataset folder needs --checkpoint or --model torchvision:NAME (the zoo trains on digits "
+                         "and IDX datasets only)")
     images, labels, calibration = _split(args, device)
     squeezer, note = args.squeeze, " (--squeeze)"
     if squeezer == "auto":

@@ -8,7 +8,7 @@ import json
 import re
 
 from curvext import data
-from curvext.commands.arg_types import normalization, positive_int
+from curvext.commands.arg_types import existing_file, existing_folder, normalization, positive_int
 from curvext.data import zoo
 from curvext.data.normalization import Normalized
 from curvext.data.torchvision_models import load_torchvision
@@ -46,7 +46,7 @@ def load_test_images(args, count: int | None, seed: int = 0) -> data.Dataset:
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--module-path`` and ``--normalize``: a user's model instead of the zoo."""
     group = p.add_argument_group("a model of your own instead of the zoo")
-    group.add_argument("--checkpoint", default=None,
+    group.add_argument("--checkpoint", type=existing_file, default=None,
                        help="a torch.export .pt2, TorchScript or state-dict file instead of the zoo")
     group.add_argument("--module-path", default=None, metavar="PACKAGE.MODULE:CLASS",
                        help="the model's class or constructor for a state-dict --checkpoint "
@@ -54,7 +54,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--model-kwargs", type=model_kwargs, default=None, metavar="JSON",
                        help='keyword arguments of the constructor (--module-path or --model torchvision:NAME), '
                             'as JSON, e.g. \'{"num_classes": 10}\'')
-    group.add_argument("--weights", default=None, metavar="FILE",
+    group.add_argument("--weights", type=existing_file, default=None, metavar="FILE",
                        help="state dict for --model torchvision:NAME (nothing is downloaded)")
     group.add_argument("--normalize", type=normalization, default=None, metavar="none|imagenet|M,../S,..",
                        help="per-channel (x - mean) / std put in front of a --checkpoint model that expects "
@@ -69,7 +69,7 @@ def add_data_arguments(p: argparse.ArgumentParser, default: str = "digits") -> N
                        help="digits ships with scikit-learn; mnist, or any other NAME (e.g. fashion-mnist), reads the "
                             "four IDX files in --data-dir and is reported and cached under that name; folder: every "
                             f"image file in --data-dir (default: {default})")
-    group.add_argument("--data-dir", default=None,
+    group.add_argument("--data-dir", type=existing_folder, default=None,
                        help="folder of the four IDX files named as MNIST's (--dataset mnist or NAME) or of images "
                             "(--dataset folder)")
     group.add_argument("--image-size", type=positive_int, default=IMAGE_SIZE,
@@ -94,6 +94,50 @@ def is_torchvision_model(name: str | None) -> bool:
     return bool(name) and name.startswith("torchvision:")
 
 
+def _expected_model() -> str:
+    return f"{', '.join(zoo.ARCHITECTURES)} (the zoo) or torchvision:NAME"
+
+
+def model_name(text: str) -> str:
+    """``--model``: a zoo architecture or ``torchvision:NAME``."""
+    name = text.strip()
+    if name in zoo.ARCHITECTURES or (is_torchvision_model(name) and len(name) > len("torchvision:")):
+        return name
+    raise argparse.ArgumentTypeError(f"expected {_expected_model()}, got {text!r}")
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    """``--model`` of ``evaluate``: zoo architectures, comma separated, or one ``torchvision:NAME``."""
+    names = tuple(model_name(item) for item in text.split(",") if item.strip())
+    if not names or (len(names) > 1 and any(is_torchvision_model(n) for n in names)):
+        raise argparse.ArgumentTypeError(f"expected zoo architectures separated by commas "
+                                         f"({', '.join(zoo.ARCHITECTURES)}) or one torchvision:NAME, got {text!r}")
+    return names
+
+
+def activation_list(text: str) -> tuple[str, ...]:
+    """``--activation`` of ``evaluate``: relu, smooth, both, or a comma-separated list of them."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if items == ("both",):
+        return zoo.ACTIVATIONS
+    if not items or any(item not in zoo.ACTIVATIONS for item in items):
+        raise argparse.ArgumentTypeError(f"expected {', '.join(zoo.ACTIVATIONS)} or both, got {text!r}")
+    return tuple(dict.fromkeys(items))
+
+
+def load_command_model(args, device=None):
+    """The model of a command with a zoo ``--model`` default (profile, paths): ``--checkpoint``,
+    ``--model torchvision:NAME``, or the zoo architecture trained on ``--dataset`` (cached)."""
+    if args.checkpoint or is_torchvision_model(args.model):
+        return load_user_model(args, device)
+    if args.dataset == "folder":
+        raise ValueError("--dataset folder needs --checkpoint or --model torchvision:NAME (the zoo trains on digits "
+                         "and IDX datasets only)")
+    refuse_normalize_without_checkpoint(args, args.command)
+    return zoo.train(args.model, args.activation, args.dataset, args.data_dir if is_idx(args.dataset) else None,
+                     cache=args.cache).model.to(device or "cpu")
+
+
 def load_user_model(args, device=None):
     """The ``--checkpoint`` (or ``--model torchvision:NAME --weights FILE``) model on ``device``,
     in eval mode, behind ``--normalize`` when given.
@@ -103,7 +147,8 @@ def load_user_model(args, device=None):
     if args.checkpoint:
         model = zoo.load_checkpoint(args.checkpoint, args.module_path, model_kwargs=kwargs, device=device)
     else:
-        model = load_torchvision(args.model.split(":", 1)[1], getattr(args, "weights", None), model_kwargs=kwargs,
+        name = args.model[0] if isinstance(args.model, tuple) else args.model  # evaluate's --model is a list
+        model = load_torchvision(name.split(":", 1)[1], getattr(args, "weights", None), model_kwargs=kwargs,
                                  device=device)
     if args.normalize is not None:
         model = Normalized(model, *args.normalize).to(device or "cpu")
@@ -113,7 +158,9 @@ def load_user_model(args, device=None):
 
 def refuse_normalize_without_checkpoint(args, command: str) -> None:
     """The zoo's models normalise their inputs themselves: ``--normalize`` is for checkpoints."""
-    if args.normalize is not None and not args.checkpoint and not is_torchvision_model(getattr(args, "model", None)):
+    model = getattr(args, "model", None)
+    if args.normalize is not None and not args.checkpoint and not any(
+            is_torchvision_model(name) for name in (model if isinstance(model, tuple) else (model,))):
         raise ValueError("--normalize applies to a --checkpoint model (the zoo's models "
                          "normalise their inputs themselves)")
 
@@ -121,7 +168,7 @@ def refuse_normalize_without_checkpoint(args, command: str) -> None:
 def add_single_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` (a zoo architecture or ``torchvision:NAME``), ``--activation`` and ``--cache``
     for the zoo, and the options of :func:`add_model_arguments`."""
-    p.add_argument("--model", default=None, metavar="lenet|nin|torchvision:NAME",
+    p.add_argument("--model", type=model_name, default=None, metavar="lenet|nin|torchvision:NAME",
                    help="a zoo architecture (trained on sklearn digits on first use, then cached) or a torchvision "
                         "architecture with --weights; or give --checkpoint instead")
     p.add_argument("--activation", choices=("relu", "smooth"), default="relu",

@@ -31,19 +31,18 @@ from curvext.commands.arg_types import (
     choice_list,
     non_negative_float,
     non_negative_int,
+    output_folder,
     positive_float,
     positive_int,
 )
 from curvext.commands.model_source import (
     add_data_arguments,
     add_model_arguments,
-    is_idx,
+    load_command_model,
     load_test_images,
-    load_user_model,
-    refuse_normalize_without_checkpoint,
+    model_name,
 )
 from curvext.commands.placement import add_device_argument, resolve_device
-from curvext.data import zoo
 from curvext.evaluation import plots
 from curvext.geometry.deepfool import deepfool
 from curvext.geometry.paths import FAILURE_KINDS, MAX_DEPTH, SAMPLES_PER_SEGMENT, find_paths, polyline_points
@@ -64,7 +63,8 @@ COLUMNS = ("kind", "pair", "source1", "source2", "label", "connected", "anchors"
 def add_parser(sub) -> None:
     p = sub.add_parser("paths", help="Algorithm 1: paths between same-label points inside their region")
     add_data_arguments(p)
-    p.add_argument("--model", default="lenet", help="zoo architecture (lenet, nin)")
+    p.add_argument("--model", type=model_name, default="lenet", metavar="lenet|nin|torchvision:NAME",
+                   help="zoo architecture, or a torchvision architecture with --weights")
     p.add_argument("--activation", default="relu", choices=("relu", "smooth"))
     add_model_arguments(p)
     p.add_argument("--images", type=positive_int, default=500, help="test images the pairs are drawn from")
@@ -89,7 +89,7 @@ def add_parser(sub) -> None:
     p.add_argument("--plot-paths", type=non_negative_int, default=3,
                    help="paths of each kind in the plot, those with anchors first (default 3; 0: no plot)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    p.add_argument("--out", default="curvext-out/paths")
+    p.add_argument("--out", type=output_folder, default="curvext-out/paths")
     p.add_argument("--cache", default=None, help="zoo cache folder")
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
@@ -98,15 +98,6 @@ def add_parser(sub) -> None:
 
 def _images(args):
     return load_test_images(args, args.images)
-
-
-def _model(args, device):
-    if args.checkpoint:
-        return load_user_model(args, device)
-    if args.dataset == "folder":
-        raise ValueError("--dataset folder needs --checkpoint (the zoo trains on digits and IDX datasets only)")
-    return zoo.train(args.model, args.activation, args.dataset, args.data_dir if is_idx(args.dataset) else None,
-                     cache=args.cache).model.to(device)
 
 
 def _predict(model, x, batch: int = 1024) -> torch.Tensor:
@@ -235,9 +226,8 @@ def run(args) -> int:
     tqdm = optional_import("tqdm.auto").tqdm
 
     device = resolve_device(args.device)
-    refuse_normalize_without_checkpoint(args, "paths")
+    model = load_command_model(args, device)
     ds = _images(args)
-    model = _model(args, device)
     out = Path(args.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     digest = model_digest(model)

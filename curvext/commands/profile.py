@@ -10,16 +10,15 @@ chunks, and the run that finds every part present writes the table and the plot.
 from __future__ import annotations
 
 from curvext import data
-from curvext.commands.arg_types import non_negative_int, positive_float, positive_int
+from curvext.commands.arg_types import non_negative_int, output_folder, positive_float, positive_int
 from curvext.commands.model_source import (
     add_data_arguments,
     add_model_arguments,
     is_idx,
-    load_user_model,
-    refuse_normalize_without_checkpoint,
+    load_command_model,
+    model_name,
 )
 from curvext.commands.placement import add_device_argument, add_shard_argument, resolve_device
-from curvext.data import zoo
 from curvext.data.image_folder import Preprocessing, scan_image_folder
 from curvext.sweep.profile import ProfileSettings, profile_dataset
 from curvext.sweep.sources import FolderSource, TensorSource
@@ -29,7 +28,8 @@ from curvext.utils.model_checks import is_piecewise_linear
 def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="principal curvatures at boundary points (table + plot)")
     add_data_arguments(p)
-    p.add_argument("--model", default="lenet", help="zoo architecture (lenet, nin)")
+    p.add_argument("--model", type=model_name, default="lenet", metavar="lenet|nin|torchvision:NAME",
+                   help="zoo architecture, or a torchvision architecture with --weights")
     p.add_argument("--activation", default="smooth", choices=("relu", "smooth"))
     add_model_arguments(p)
     p.add_argument("--images", type=positive_int, default=64, help="images (default 64; every file of a folder "
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=non_negative_int, default=2,
                    help="--dataset folder: DataLoader processes (default 2)")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    p.add_argument("--out", default="curvext-out/profile")
+    p.add_argument("--out", type=output_folder, default="curvext-out/profile")
     p.add_argument("--cache", default=None, help="zoo cache folder")
     p.add_argument("--no-progress", action="store_true")
     add_device_argument(p)
@@ -64,17 +64,9 @@ def _source(args):
 
 
 def run(args) -> int:
-    if args.dataset == "folder" and not args.checkpoint:
-        raise ValueError("--dataset folder needs --checkpoint (the zoo trains on digits and IDX datasets only)")
     device = resolve_device(args.device)
-    refuse_normalize_without_checkpoint(args, "profile")
+    model = load_command_model(args, device)
     source = _source(args)
-    if args.checkpoint:
-        model = load_user_model(args, device)
-    else:
-        model = zoo.train(args.model, args.activation, args.dataset,
-                          args.data_dir if is_idx(args.dataset) else None, cache=args.cache).model
-    model = model.to(device)
     method = args.method or ("fd" if is_piecewise_linear(model) else "autograd")
     settings = ProfileSettings(args.k, args.at, method, args.h if method == "fd" else None, args.full)
     result = profile_dataset(model, source, args.out, settings, device=device, chunk_size=args.chunk,

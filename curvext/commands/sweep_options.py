@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from curvext.commands.arg_types import non_negative_int, positive_int
+from curvext.commands.arg_types import existing_folder, non_negative_int, positive_int
 from curvext.commands.model_source import IMAGE_SIZE
 from curvext.data.image_folder import Preprocessing
 
@@ -13,7 +13,7 @@ def add_folder_arguments(p: argparse.ArgumentParser, *, defaults: bool = True) -
     """``--data-dir`` (required), and ``--image-size``, ``--resize``, ``--channels``, ``--workers``.
     With ``defaults=False`` the preprocessing options default to None (``detect`` takes them
     from the calibration)."""
-    p.add_argument("--data-dir", required=True,
+    p.add_argument("--data-dir", type=existing_folder, required=True,
                    help="image folder: one sub-folder per class (torchvision ImageFolder; labels from the sorted "
                         "sub-folder names) or image files directly inside it (no labels)")
     group = p.add_argument_group("preprocessing" + ("" if defaults else " (default: as at calibration)"))

@@ -302,7 +302,7 @@ def _import_class(module_path: str):
     try:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {module_path!r}: {exc}") from exc
+        raise ValueError(f"module_path {module_path!r} cannot be imported: {exc}") from exc
     return cls
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from curvext.cli import main
-from tests.conftest import write_digit_folder
+from tests.conftest import one_line_error, write_digit_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,17 +72,10 @@ def test_calibrate_rejects_bad_numbers_naming_the_option(args, expected, capsys,
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
 
 
-def one_line_error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
-
-
 def test_user_mistakes_get_one_line(tmp_path, cli_calibration, relu_lenet, digit_folder, capsys):
     detect = ["detect", "--data-dir", str(digit_folder), "--out", str(tmp_path / "o"), "--workers", "0",
               "--no-progress"]
-    assert "none.json does not exist" in one_line_error(
+    assert "none.json', which does not exist" in one_line_error(
         detect + ["--calibration", str(tmp_path / "none.json"), "--checkpoint", str(relu_lenet[1])], capsys)
     assert "digest" in one_line_error(detect + ["--calibration", str(cli_calibration), "--model", "nin"], capsys)
     (tmp_path / "empty").mkdir()
@@ -94,7 +87,7 @@ def test_user_mistakes_get_one_line(tmp_path, cli_calibration, relu_lenet, digit
         capsys)
     assert "which model" in one_line_error(detect + ["--calibration", str(cli_calibration)], capsys)
     (tmp_path / "file").write_text("x")
-    assert "is a file" in one_line_error(
+    assert "--out: expected a folder to write into" in one_line_error(
         ["detect", "--data-dir", str(digit_folder), "--out", str(tmp_path / "file"), "--calibration",
          str(cli_calibration), "--checkpoint", str(relu_lenet[1]), "--workers", "0"], capsys)
     with pytest.raises(SystemExit) as exit_info:  # argparse: a required option

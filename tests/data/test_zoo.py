@@ -120,7 +120,7 @@ def test_load_checkpoint_state_dict_with_module_path(quick, tmp_path):
         zoo.load_checkpoint(sd)
     with pytest.raises(ValueError, match="package.module:ClassName"):
         zoo.load_checkpoint(sd, "curvext.data.zoo.LeNet")
-    with pytest.raises(ValueError, match="cannot import"):
+    with pytest.raises(ValueError, match="cannot be imported"):
         zoo.load_checkpoint(sd, "curvext.data.zoo:NoSuchNet")
     with pytest.raises(FileNotFoundError):
         zoo.load_checkpoint(tmp_path / "missing.pt")
