@@ -17,6 +17,7 @@ import torch
 
 from curvext import __version__
 from curvext.utils.cpu_allocator import tune_cpu_allocator, tuning_enabled_by_env
+from curvext.utils.progress import progress_shown
 
 #: what a user's mistake raises (a missing file, a bad value, a model that does not fit the data, a
 #: missing optional package): one line on stderr and exit status 2, the traceback only with --debug
@@ -101,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     if tuning_enabled_by_env():  # the command owns its process (see curvext.utils.cpu_allocator)
         logging.getLogger(__name__).info("glibc malloc tuned for batched tensors: %s", tune_cpu_allocator())
     try:
-        return int(args.func(args) or 0)
+        with progress_shown(not getattr(args, "no_progress", False)):
+            return int(args.func(args) or 0)
     except USER_ERRORS as err:
         if args.debug:
             raise
         message = _with_flags(" ".join(str(err).split()) or type(err).__name__, _command_parser(parser, args.command))
-        print(f"curvext {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over a progress bar left unfinished
+        print(f"{clear}curvext {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--fpr", type=fraction, default=0.05, help="target false-positive rate (default 0.05)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images scored together (default 16)")
     p.add_argument("--seed", type=int, default=0, help="directions, probe and the choice of images (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_argument(p)
     p.set_defaults(func=run)
 

@@ -32,6 +32,7 @@ from torch import nn
 from curvext.data import datasets as _data
 from curvext.utils.atomic_files import atomic_path
 from curvext.utils.cache_keys import tensor_digest
+from curvext.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ def _fit(model: nn.Module, ds: _data.Dataset, cfg: TrainConfig, gen: torch.Gener
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     model.train()
     n = len(ds)
-    for epoch in range(cfg.epochs):
+    for epoch in progress_bar(range(cfg.epochs), desc=f"training {cfg.name}-{cfg.activation} on "
+                              f"{cfg.dataset}", unit="epoch", leave=False):
         perm = torch.randperm(n, generator=gen)
         total = 0.0
         for i in range(0, n, cfg.batch_size):

@@ -12,6 +12,7 @@ from curvext.adversarial.attacks import pgd
 from curvext.detection.config import ORIENTATIONS, DetectorConfig
 from curvext.detection.recovery import RECOVERY_RULES, recovered_labels
 from curvext.detection.scoring import Scores
+from curvext.utils.progress import progress_bar
 from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def run_probe(model: torch.nn.Module, x_clean: torch.Tensor, config: DetectorCon
     adversarial = x_clean.detach().clone()
     labels = torch.empty(x_clean.shape[0], dtype=torch.long, device=x_clean.device)
     flipped = torch.zeros(x_clean.shape[0], dtype=torch.bool, device=x_clean.device)
-    for fraction in PROBE_RADII:
+    for fraction in progress_bar(PROBE_RADII, desc="calibration probe", unit="radius", leave=False):
         todo = (~flipped).nonzero().flatten()
         if todo.numel() == 0:
             break

@@ -24,6 +24,7 @@ import torch
 from curvext.detection.config import DetectorConfig
 from curvext.detection.probe import ProbeResult, require_flips
 from curvext.detection.scoring import ExactSums, score_images
+from curvext.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def choose_scale(model: torch.nn.Module, config: DetectorConfig, x_clean: torch.
         auc = float(roc_auc_score(y, torch.cat([rc, rp]).numpy()))
         return max(auc, 1.0 - auc)
 
-    separation = {h: separation_at(h) for h in scales}
+    separation = {h: separation_at(h) for h in progress_bar(scales, desc="scale h", unit="h", leave=False)}
     extended = []
     smallest = MIN_SCALE.get(x_clean.dtype, 1e-3)
     while extend and len(extended) < MAX_EXTENSIONS:

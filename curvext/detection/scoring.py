@@ -25,6 +25,7 @@ from curvext.curvature.quadratic_forms import (
 from curvext.detection.config import DetectorConfig
 from curvext.detection.deflated import deflated_class_curvatures
 from curvext.utils import model_checks
+from curvext.utils.progress import progress_bar
 from curvext.utils.reprs import ShortRepr
 
 #: ``(x (b, *shape), V (T, *shape)) -> (logits, predicted, cls, sums)``: the exact sums of
@@ -92,15 +93,22 @@ def score_images(model: torch.nn.Module, x: torch.Tensor, config: DetectorConfig
         refuse_half_precision_differences(x, config.method, config.h)
     V = random_directions(x.shape[1:], config.num_directions, config.seed, x.device, x.dtype)
     with torch.enable_grad():  # gradients of the logits, also when the caller is under no_grad
+        groups = range(0, x.shape[0], config.batch_size)
+        bar = progress_bar(total=x.shape[0], desc="curvature", unit="img", leave=False,
+                           enabled=None if len(groups) > 1 else False)
         try:
-            parts = [_score_group(model, x[i : i + config.batch_size], V, config, exact_sums)
-                     for i in range(0, x.shape[0], config.batch_size)]
+            parts = []
+            for i in groups:
+                parts.append(_score_group(model, x[i : i + config.batch_size], V, config, exact_sums))
+                bar.update(parts[-1][0].shape[0])
         except RuntimeError:
             # A model that rejects the images' shape (channels, size) fails deep inside a second-order
             # pass; say so plainly. Any other error is the model's own and is raised as it is.
             model_checks.output_count(model, tuple(x.shape[1:]), x.device,
                                       "check the images' channels and size against the model's")
             raise
+        finally:
+            bar.close()
     return Scores(*(torch.cat([p[k] for p in parts]) for k in range(4)))
 
 

@@ -39,11 +39,14 @@ from curvext.evaluation.suite import AdaptiveAttack, AttackFn, DefenceContext, a
 from curvext.utils.atomic_files import atomic_path
 from curvext.utils.cache_keys import model_digest, tensor_digest
 from curvext.utils.cache_keys import settings_key as _key
-from curvext.utils.optional import optional_import
+from curvext.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["AttackFn", "EvaluationReport", "ScoreRow", "attack_suite", "evaluate", "write_outputs"]
+#: images per attack call: the progress bar moves batch by batch (the attacks treat every image on
+#: its own; only the random draws of a call depend on where an image falls in it)
+ATTACK_BATCH = 64
 DEFAULT_SQUEEZER = Squeezer(1, 2, None)  # Xu et al.'s MNIST setting (curvext.adversarial.squeezers.squeezer_for)
 
 
@@ -97,7 +100,6 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     detector is left calibrated on the calibration images (orientation, threshold at ``fpr``,
     recovery rule).
     """
-    tqdm = optional_import("tqdm.auto").tqdm
     attacks = attack_suite() if attacks is None else attacks
     squeezer = DEFAULT_SQUEEZER if squeezer is None else squeezer
     with torch.no_grad():
@@ -157,24 +159,32 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                              squeezer, *noise)
     rho_c = clean["rho"].numpy()
     rows, rho_perturbed = [], {}
-    bar = tqdm(attacks.items(), desc="attacks", disable=not progress)
-    for name, spec in bar:
+    counts = {name: min(x.shape[0], spec.max_images or x.shape[0]) if isinstance(spec, AdaptiveAttack)
+              else x.shape[0] for name, spec in attacks.items()}
+    bar = progress_bar(total=sum(counts.values()), desc="attacks", unit="img", enabled=progress)
+    for name, spec in attacks.items():
         bar.set_postfix_str(name)
-        n = x.shape[0]
+        n, done = counts[name], [0]
         if isinstance(spec, AdaptiveAttack):
-            n = min(n, spec.max_images or n)
             path_key = _key(dict(settings, attack=spec.key(), squeezer=[squeezer.bits, squeezer.median, squeezer.nlm],
                                  noise=list(noise), orientation=orientation, calibrated=sorted(context.clean.items())))
             fn = spec.bind(context)
         else:
             path_key, fn = attack_key, spec
 
-        def attack(fn=fn, n=n):
-            res = fn(model, x[:n], y[:n])
-            return {"success": res.success.cpu(), "norms": res.norms.double().cpu(),
-                    "adversarial": res.adversarial[res.success].cpu()}
+        def attack(fn=fn, n=n, done=done):
+            parts = []
+            for start in range(0, n, ATTACK_BATCH):
+                stop = min(n, start + ATTACK_BATCH)
+                res = fn(model, x[start:stop], y[start:stop])
+                parts.append((res.success.cpu(), res.norms.double().cpu(), res.adversarial[res.success].cpu()))
+                bar.update(stop - start)
+                done[0] = stop
+            return {k: torch.cat([part[i] for part in parts]) for i, k in enumerate(("success", "norms",
+                                                                                     "adversarial"))}
 
         a = _cached(None if cache is None else cache / f"attack-{name}-{path_key}.pt", attack)
+        bar.update(n - done[0])  # read from the cache
 
         def score(a=a):
             adv = a["adversarial"].to(x.device)
@@ -186,6 +196,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         rows.extend(attack_rows(name, r, clean, calibration, y.cpu().numpy(), sign, rule, fpr))
         if "rho" in r:
             rho_perturbed[name] = r["rho"].numpy()
+    bar.close()
     settings.update(recovery=rule, squeezer_text=squeezer.describe() + squeezer_note, noise_sigma=noise[0],
                     noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm)
     clean_fpr = {s: float(np.mean(oriented(clean, s, sign) >= thresholds[s])) for s in thresholds}

@@ -14,6 +14,7 @@ from curvext.detection.config import DetectorConfig
 from curvext.detection.detector import CurvatureDetector
 from curvext.detection.scale_selection import PROBE_SCALES
 from curvext.sweep.sources import FolderSource
+from curvext.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,13 @@ def calibrate_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, out: 
     chosen = sorted(torch.randperm(len(manifest), generator=g)[: min(images, len(manifest))].tolist())
     source = FolderSource(manifest, preprocessing, workers)
     kept, bad = [], []
+    bar = progress_bar(total=len(chosen), desc="reading calibration images", unit="img", leave=False)
     for batch in source.batches(chosen, 64, device):
+        bar.update(len(batch.indices))
         ok = [i for i, e in enumerate(batch.errors) if not e]
         kept.append(batch.images[ok])
         bad += [manifest.paths[batch.indices[i]] for i, e in enumerate(batch.errors) if e]
+    bar.close()
     if bad:
         logger.warning("%d of the %d calibration images could not be read and are skipped: %s", len(bad),
                        len(chosen), ", ".join(bad[:5]))

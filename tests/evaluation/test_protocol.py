@@ -322,3 +322,39 @@ def test_disjoint_calibration_split_and_adaptive_rows(digits_model, tmp_path, mo
              calibration_images=cal, scales=(0.05, 0.1))
     assert len(list(tmp_path.glob("cache/attack-pgd-l2-*.pt"))) == 1
     assert len(list(tmp_path.glob("cache/attack-adaptive-pgd-*.pt"))) == 2
+
+
+def test_attacks_run_batch_by_batch_and_the_bar_counts_every_image(digits_model, tmp_path, monkeypatch):
+    """The attack bar moves per batch of ``ATTACK_BATCH`` images, also when the attacks come from
+    the cache, and reaches its total: every evaluated image of every attack row."""
+    from curvext.evaluation import protocol
+
+    class Bar:
+        def __init__(self, *args, total=None, enabled=None, **kwargs):
+            self.total, self.updates = total, []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates.append(n)
+
+        def set_postfix_str(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    bars, sizes = [], []
+    monkeypatch.setattr(protocol, "progress_bar", Bar)
+    monkeypatch.setattr(protocol, "ATTACK_BATCH", 4)
+    pgd_l2 = attack_suite(include=("pgd-l2",), pgd_steps=3)["pgd-l2"]
+    attacks = {"pgd-l2": lambda model, x, y: sizes.append(x.shape[0]) or pgd_l2(model, x, y)}
+    test = data.load_digits("test").subset(10)
+    det = CurvatureDetector(digits_model, num_directions=2, method="fd2", h=0.1)
+    rep = evaluate(digits_model, test.images, test.labels, detector=det, attacks=attacks, out_dir=tmp_path)
+    n = rep.n_clean
+    assert sizes == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    assert bars[0].total == n and bars[0].updates == sizes + [0]  # the last 0: nothing read from the cache
+    success = torch.load(next(tmp_path.glob("cache/attack-pgd-l2-*.pt")), weights_only=False)["success"]
+    assert success.shape == (n,)
+    evaluate(digits_model, test.images, test.labels, detector=det, attacks=attacks, out_dir=tmp_path)
+    assert len(sizes) == len(bars[0].updates) - 1 and bars[1].updates == [n]  # all of it from the cache
