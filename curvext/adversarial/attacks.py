@@ -25,6 +25,7 @@ from torch import nn
 
 from curvext.geometry.deepfool import deepfool as _deepfool
 from curvext.utils.model_checks import check_images, require_eval
+from curvext.utils.reprs import ShortRepr
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ __all__ = ["AttackResult", "pgd", "carlini_wagner", "deepfool", "perturbation_no
 NORMS = ("l2", "linf")
 
 
-@dataclass(frozen=True)
-class AttackResult:
+@dataclass(frozen=True, repr=False)
+class AttackResult(ShortRepr):
     """Outcome of an attack on a batch.
 
     Attributes:

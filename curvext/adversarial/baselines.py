@@ -35,6 +35,7 @@ from torch import nn
 
 from curvext.adversarial.squeezers import Squeezer, bit_depth_reduce, median_filter_2x2
 from curvext.utils.model_checks import check_images, require_eval
+from curvext.utils.reprs import ShortRepr
 
 __all__ = ["max_softmax_score", "logit_margin_score", "noise_consistency_score", "runner_up_labels",
            "bit_depth_reduce", "median_filter_2x2", "FeatureSqueezing", "feature_squeezing_score",
@@ -119,8 +120,8 @@ def runner_up_labels(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512
     return logits.topk(2, dim=1).indices[:, 1]
 
 
-@dataclass(frozen=True)
-class FeatureSqueezing:
+@dataclass(frozen=True, repr=False)
+class FeatureSqueezing(ShortRepr):
     """Feature-squeezing scores, each ``(B,)`` float in ``[0, 2]``.
 
     Attributes:

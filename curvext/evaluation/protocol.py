@@ -201,6 +201,9 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm)
     clean_fpr = {s: float(np.mean(oriented(clean, s, sign) >= thresholds[s])) for s in thresholds}
     clean_fpr["combined"] = float("nan")  # its threshold depends on the row's partner
-    return EvaluationReport(rows, orientation, float(np.mean(rho_c < 0)), int(x.shape[0]), settings, rho_c,
-                            rho_perturbed, scale_choice, int(cal.shape[0]), disjoint, clean_fpr, rule,
-                            detector.suggested_recovery)
+    report = EvaluationReport(rows, orientation, float(np.mean(rho_c < 0)), int(x.shape[0]), settings, rho_c,
+                              rho_perturbed, scale_choice, int(cal.shape[0]), disjoint, clean_fpr, rule,
+                              detector.suggested_recovery, float(detector.threshold))
+    if report.few_images_note() is not None:
+        logger.warning(report.few_images_note().replace("**", ""))
+    return report

@@ -31,3 +31,25 @@ def test_profile_ends_are_drawn_at_their_ranks_without_a_line_across_the_gap(tmp
     assert medians(figures[0]) == [[0, 1], [61, 62]]  # two pieces, at the two ends of the spectrum
     plots.curvature_profile(values, tmp_path / "q.png")  # the whole spectrum: one piece
     assert medians(figures[1]) == [[0, 1, 2, 3]]
+
+
+def test_rho_histogram_has_a_title_the_threshold_and_distinguishable_attacks(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    plt = plots._pyplot()
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rng = np.random.default_rng(0)
+    attacks = {f"attack-{i}": rng.normal(i, 1, 50) for i in range(5)}
+    report = SimpleNamespace(rho_clean=rng.normal(0, 1, 80), rho_perturbed=attacks, threshold=1.5,
+                             orientation="higher", settings=dict(model="lenet-relu", dataset="mnist"))
+    plots.rho_histogram(report, tmp_path / "h.png")
+    ax = figures[0].axes[0]
+    assert ax.get_title() == "rho of clean and adversarial images: lenet-relu on mnist"
+    black = [line for line in ax.get_lines() if line.get_color() == "k"]
+    assert len(black) == 1 and list(black[0].get_xdata()) == [1.5, 1.5]
+    outlines = [p for p in ax.patches if not p.get_fill()]  # one step outline per attack
+    styles = {(tuple(p.get_edgecolor()), p.get_linestyle()) for p in outlines}
+    assert len(outlines) == len(styles) == 5
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"threshold 1.5", "clean (80)", "attack-4 (50)"} <= set(labels)

@@ -23,3 +23,19 @@ def test_results_print_shapes_not_values():
 def test_describe():
     assert describe([torch.zeros(2), torch.ones(3)]) == "[2 tensors]"
     assert describe(None) == "None" and describe("x") == "'x'"
+
+
+def test_attack_and_evaluation_results_print_shapes():
+    import numpy as np
+
+    from curvext.adversarial.attacks import AttackResult
+    from curvext.evaluation.report import EvaluationReport
+
+    res = AttackResult(torch.zeros(4, 1, 8, 8), torch.ones(4, dtype=torch.bool), torch.zeros(4), "l2",
+                       torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long))
+    assert repr(res).startswith("AttackResult(adversarial=Tensor(4, 1, 8, 8) float32, success=Tensor(4,) bool, ")
+    report = EvaluationReport(list(range(30)), "higher", 0.1, 80, rho_clean=np.zeros(80),
+                              rho_perturbed={"cw": np.zeros(70)})
+    text = repr(report)
+    assert "rows=[30 int]" in text and "rho_clean=ndarray(80,) float64" in text
+    assert "rho_perturbed={'cw': ndarray(70,) float64}" in text and "0.0, 0.0" not in text
