@@ -45,7 +45,14 @@ from curvext.commands.model_source import (
 from curvext.commands.placement import add_device_argument, resolve_device
 from curvext.evaluation import plots
 from curvext.geometry.deepfool import deepfool
-from curvext.geometry.paths import FAILURE_KINDS, MAX_DEPTH, SAMPLES_PER_SEGMENT, find_paths, polyline_points
+from curvext.geometry.paths import (
+    ANCHOR_OVERSHOOT,
+    FAILURE_KINDS,
+    MAX_DEPTH,
+    SAMPLES_PER_SEGMENT,
+    find_paths,
+    polyline_points,
+)
 from curvext.utils.atomic_files import atomic_path
 from curvext.utils.cache_keys import model_digest, settings_key, tensor_digest
 from curvext.utils.optional import optional_import
@@ -75,7 +82,7 @@ def add_parser(sub) -> None:
                    help=f"points checked inside each segment (default {SAMPLES_PER_SEGMENT}; odd values nest)")
     p.add_argument("--max-depth", type=non_negative_int, default=MAX_DEPTH,
                    help=f"refinement levels at most (default {MAX_DEPTH}; 0: straight segments only)")
-    p.add_argument("--overshoot", type=non_negative_float, default=0.02,
+    p.add_argument("--overshoot", type=non_negative_float, default=ANCHOR_OVERSHOOT,
                    help="targeted DeepFool's overshoot for the anchors (larger: anchors deeper inside the class, "
                         "fewer levels needed; docs/method.md §6)")
     p.add_argument("--max-iter", type=positive_int, default=50, help="targeted DeepFool's steps at most")
@@ -261,7 +268,7 @@ def run(args) -> int:
     print(summary(table, args.kinds))
     capped = int(table["failure"].str.startswith("depth cap").sum())
     if capped:
-        larger = " (0.5)" if args.overshoot < 0.5 else ""
+        larger = " (1 connected every pair of the zoo's ReLU NiN)" if args.overshoot < 1 else ""
         print(f"\n{capped} pair(s) stopped at the depth cap {args.max_depth}. Anchors pushed with overshoot "
               f"{args.overshoot:g} can sit close to the boundary, and chords between them leave the region again "
               f"(docs/method.md §6): a larger --overshoot{larger} or --max-depth may connect them.")

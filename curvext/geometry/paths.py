@@ -38,6 +38,9 @@ __all__ = ["PathResult", "find_paths", "polyline_points", "SAMPLES_PER_SEGMENT",
 
 SAMPLES_PER_SEGMENT = 31
 MAX_DEPTH = 10
+#: targeted DeepFool's overshoot for the anchors: well inside the class, so chords between anchors
+#: rarely leave it again (DeepFool's minimal 0.02 leaves them on the boundary; docs/method.md §6)
+ANCHOR_OVERSHOOT = 0.5
 #: the first words of every non-empty entry of ``PathResult.failures``.
 FAILURE_KINDS = ("depth cap", "DeepFool")
 
@@ -161,7 +164,7 @@ def _segment_labels(model, a, b, t, batch_size) -> torch.Tensor:
 
 def find_paths(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor, *,
                samples_per_segment: int = SAMPLES_PER_SEGMENT, max_depth: int = MAX_DEPTH,
-               overshoot: float = 0.02, max_iter: int = 50, batch_size: int | None = None) -> PathResult:
+               overshoot: float = ANCHOR_OVERSHOOT, max_iter: int = 50, batch_size: int | None = None) -> PathResult:
     """Algorithm 1 for B pairs: polylines from ``x1`` to ``x2`` that stay in their class.
 
     Args:

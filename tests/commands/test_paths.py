@@ -84,7 +84,7 @@ def test_paths_resumes_after_a_killed_run(tmp_path, monkeypatch):
     assert main(["paths", "--kinds", "natural,noise", "--out", str(tmp_path / "fresh")] + SMALL) == 0
     pd.testing.assert_frame_equal(resumed, pd.read_parquet(tmp_path / "fresh" / "paths.parquet"))
     # Another anchor overshoot: the same pairs (noise pushed by --noise-overshoot), new parts.
-    assert main(args + ["--overshoot", "0.5"]) == 0
+    assert main(args + ["--overshoot", "0.02"]) == 0
     assert len(list((out / "pairs").iterdir())) == 2 and len(list((out / "parts").iterdir())) == 8
 
 

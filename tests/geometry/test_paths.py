@@ -98,9 +98,9 @@ def test_ring_path_goes_around_the_hole(device):
     x1 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]], dtype=torch.float64, device=device)
     x2 = torch.tensor([[-1.0, 0.0], [math.cos(angle), math.sin(angle)], [-0.8, -0.6]], dtype=torch.float64,
                       device=device)
-    # DeepFool's anchors land just inside the hole's edge (overshoot 0.02 of a short push), so
-    # chords between them must be short: the third pair needs 11 levels.
-    res = find_paths(Ring().eval(), x1, x2, max_depth=12)
+    # With DeepFool's minimal overshoot (0.02 of a short push) the anchors land just inside the
+    # hole's edge, so chords between them must be short: the third pair needs 11 levels.
+    res = find_paths(Ring().eval(), x1, x2, max_depth=12, overshoot=0.02)
     assert res.connected.all(), res.failures
     # Opposite points need anchors, some pushed out of the hole by DeepFool; the 20-degree chord
     # stays inside (its closest point to the centre is at radius cos 10 deg = 0.985).
