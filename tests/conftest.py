@@ -88,6 +88,24 @@ def write_digit_folder(folder, n: int, *, flat: bool = False, offset: int = 0):
 
 
 @pytest.fixture(scope="session")
+def attack_lenet(tmp_path_factory):
+    """The digits ReLU LeNet the attack and baseline tests share (15 epochs, seed 0), trained once
+    per session into the session's scratch cache."""
+    return zoo.train("lenet", "relu", epochs=15, seed=0, cache=tmp_path_factory.getbasetemp() / "zoo").model
+
+
+def correctly_classified_digits(model, n: int, pool: int):
+    """``(x, y)``: the first ``n`` of the first ``pool`` digits test images that ``model`` classifies
+    correctly (asserting there are ``n``)."""
+    ds = data.load_digits("test").subset(pool)
+    with torch.no_grad():
+        keep = model(ds.images).argmax(1) == ds.labels
+    x, y = ds.images[keep][:n], ds.labels[keep][:n]
+    assert len(y) == n, f"only {len(y)} of {pool} images correctly classified"
+    return x, y
+
+
+@pytest.fixture(scope="session")
 def relu_lenet():
     """The zoo's ReLU LeNet on digits (trained once, cached) and its checkpoint file."""
     trained = zoo.train("lenet", "relu", "digits")

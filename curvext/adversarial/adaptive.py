@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from curvext.adversarial.attacks import NORMS, AttackResult, _check_inputs, _project, _random_start, _result
+from curvext.utils.validation import require_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,7 @@ def adaptive_pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None 
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
     for value, name in ((steps, "steps"), (batch_size, "batch_size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_positive_int(value, name)
     if not weight >= 0:
         raise ValueError(f"weight must be >= 0, got {weight!r}")
     if not confidence >= 0:
@@ -137,8 +137,7 @@ def best_of_restarts(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | N
     (e.g. PGD from R random starts); per image, of the runs that fooled the model, the one with
     the smallest ``suspicion(adversarial) (b,)`` (the detector's score, higher = flagged, queried
     on the successful images only). Images no run fooled keep the first run's result."""
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f"restarts must be a positive int, got {restarts!r}")
+    require_positive_int(restarts, "restarts")
     labels = _check_inputs(model, x, labels)
     shape = (-1,) + (1,) * (x.dim() - 1)
     best, best_score = None, torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)

@@ -26,6 +26,7 @@ from torch import nn
 from curvext.geometry.deepfool import deepfool as _deepfool
 from curvext.utils.model_checks import check_images, require_eval
 from curvext.utils.reprs import ShortRepr
+from curvext.utils.validation import require_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ def pgd(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = None, *
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    require_positive_int(steps, "steps")
     step = 2.5 * eps / steps if step is None else step
     if not step > 0:
         raise ValueError(f"step must be > 0, got {step!r}")
@@ -176,8 +176,7 @@ def carlini_wagner(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | Non
     if not c > 0:
         raise ValueError(f"c must be > 0, got {c!r}")
     for value, name in ((binary_steps, "binary_steps"), (steps, "steps")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_positive_int(value, name)
     labels = _check_inputs(model, x, labels)
     x0 = x.detach()
     b = x0.shape[0]
@@ -230,8 +229,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = No
     (default: the predictions).
     """
     labels = _check_inputs(model, x, labels)
-    if isinstance(clip_rounds, bool) or not isinstance(clip_rounds, int) or clip_rounds < 1:
-        raise ValueError(f"clip_rounds must be a positive int, got {clip_rounds!r}")
+    require_positive_int(clip_rounds, "clip_rounds")
     x0 = x.detach()
     adv = x0.clone()
     todo = torch.arange(x0.shape[0], device=x0.device)

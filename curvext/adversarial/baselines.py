@@ -36,6 +36,7 @@ from torch import nn
 from curvext.adversarial.squeezers import Squeezer, bit_depth_reduce, median_filter_2x2
 from curvext.utils.model_checks import check_images, require_eval
 from curvext.utils.reprs import ShortRepr
+from curvext.utils.validation import require_positive_int
 
 __all__ = ["max_softmax_score", "logit_margin_score", "noise_consistency_score", "runner_up_labels",
            "bit_depth_reduce", "median_filter_2x2", "FeatureSqueezing", "feature_squeezing_score",
@@ -92,8 +93,7 @@ def _noise_drop(model: nn.Module, x: torch.Tensor, sigma: float, samples: int, s
 def _check_noise(sigma: float, samples: int) -> None:
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    require_positive_int(samples, "samples")
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from curvext.detection.scoring import score_images
 from curvext.linalg import lanczos, power_iteration
 from curvext.utils import model_checks
 from curvext.utils.optional import optional_import
+from curvext.utils.validation import require_positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ def resolve_methods(model: torch.nn.Module, method: str) -> tuple[str, str]:
     if method not in METHODS:
         raise ValueError(f"method must be 'auto' or one of {METHODS}, got {method!r}")
     return ("fd" if method == "fd2" else method), method
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @contextlib.contextmanager
@@ -151,11 +146,11 @@ class CurvatureMonitor:
                  tag: str = "curvature"):
         trainable_parameters(model)
         self.model = model
-        self.every = _positive_int("every", every)
-        self.images = _positive_int("images", images)
-        self.k = _positive_int("k", k)
+        self.every = require_positive_int(every, "every")
+        self.images = require_positive_int(images, "images")
+        self.k = require_positive_int(k, "k")
         if max_steps is not None:
-            _positive_int("max_steps", max_steps)
+            require_positive_int(max_steps, "max_steps")
         if not (isinstance(tol, (int, float)) and tol > 0):
             raise ValueError(f"tol must be a positive number, got {tol!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -176,9 +171,9 @@ class CurvatureMonitor:
             raise ValueError(f"h must be a positive finite scale, got {h!r}")
         self.h = float(h)
         # Algorithm 2's settings; input_range=None: training images may be normalised.
-        self.config = DetectorConfig(num_directions=_positive_int("directions", directions), method=self.methods[1],
-                                     h=None if self.methods[1] == "autograd" else self.h, seed=seed,
-                                     input_range=None, batch_size=self.images)
+        self.config = DetectorConfig(num_directions=require_positive_int(directions, "directions"),
+                                     method=self.methods[1], h=None if self.methods[1] == "autograd" else self.h,
+                                     seed=seed, input_range=None, batch_size=self.images)
         self.tol, self.max_steps, self.seed = float(tol), max_steps, seed
         self.measures = measures
         self.writer, self.callback, self.tag = writer, callback, tag

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvext.training.monitor import trainable_parameters
+from curvext.utils.validation import require_positive_int
 
 KINDS = ("cure", "eig")
 
@@ -119,8 +120,7 @@ def curvature_penalty(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kin
             if isinstance(h, bool) or not isinstance(h, (int, float)) or not (math.isfinite(h) and h > 0):
                 raise ValueError(f"h must be a positive finite step, got {h!r}")
             return _cure(model, x, y, float(h), loss)
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise ValueError(f"iters must be a positive int, got {iters!r}")
+        require_positive_int(iters, "iters")
         coupled = batch_coupled_modules(model)
         if coupled:
             raise ValueError(f"kind='eig' needs per-image input Hessians, but these BatchNorm layers normalise by "

@@ -6,22 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from curvext import data
 from curvext.adversarial import adaptive, attacks
 from curvext.curvature.differentiable import differentiable_curvature
-from curvext.data import zoo
 from curvext.detection.detector import CurvatureDetector
 from tests.adversarial.test_attacks import _check_result
+from tests.conftest import correctly_classified_digits
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(attack_lenet):
     """(model, x, y): 10 correctly classified digits test images (the session's digits LeNet)."""
-    model = zoo.train("lenet", "relu", epochs=15, seed=0, cache=tmp_path_factory.getbasetemp() / "zoo").model
-    ds = data.load_digits("test").subset(40)
-    with torch.no_grad():
-        keep = model(ds.images).argmax(1) == ds.labels
-    return model, ds.images[keep][:10], ds.labels[keep][:10]
+    return (attack_lenet, *correctly_classified_digits(attack_lenet, 10, 40))
 
 
 def test_adaptive_pgd_lowers_the_detectors_rho(setup):

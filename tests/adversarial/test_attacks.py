@@ -7,24 +7,17 @@ import importlib.util
 import pytest
 import torch
 
-from curvext import data
 from curvext.adversarial import attacks
 from curvext.data import zoo
+from tests.conftest import correctly_classified_digits
 
 HAS_TORCHATTACKS = importlib.util.find_spec("torchattacks") is not None
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(attack_lenet):
     """(model, x, y): 60 correctly classified digits test images and their labels."""
-    # same config and session cache dir as tests/adversarial/test_baselines.py: trained once per session
-    model = zoo.train("lenet", "relu", epochs=15, seed=0, cache=tmp_path_factory.getbasetemp() / "zoo").model
-    ds = data.load_digits("test").subset(80)
-    with torch.no_grad():
-        keep = model(ds.images).argmax(1) == ds.labels
-    x, y = ds.images[keep][:60], ds.labels[keep][:60]
-    assert len(y) == 60
-    return model, x, y
+    return (attack_lenet, *correctly_classified_digits(attack_lenet, 60, 80))
 
 
 def _check_result(model, x, res, norm):

@@ -11,7 +11,6 @@ from torch import nn
 
 from curvext import data
 from curvext.adversarial import attacks, baselines
-from curvext.data import zoo
 from curvext.detection import metrics
 
 
@@ -99,10 +98,10 @@ def test_bad_inputs():
         baselines.max_softmax_score(m, torch.zeros(2, 2))
 
 
-def test_baselines_catch_minimal_but_not_confident_attacks(tmp_path_factory):
+def test_baselines_catch_minimal_but_not_confident_attacks(attack_lenet):
     """Sanity on a real model: barely-misclassified (CW κ=0) images have low confidence, so
     max-softmax separates them well; CW with a large κ makes them confident again."""
-    model = zoo.train("lenet", "relu", epochs=15, seed=0, cache=tmp_path_factory.getbasetemp() / "zoo").model
+    model = attack_lenet
     ds = data.load_digits("test").subset(60)
     x = ds.images
     clean = baselines.max_softmax_score(model, x)

@@ -6,23 +6,17 @@ import math
 import pytest
 import torch
 
-from curvext import data
 from curvext.adversarial.squeezers import Squeezer
-from curvext.data import zoo
 from curvext.detection.config import DetectorConfig
 from curvext.detection.scoring import random_directions
 from curvext.evaluation import suite
 from curvext.evaluation.suite import ATTACKS, AdaptiveAttack, DefenceContext, attack_suite
+from tests.conftest import correctly_classified_digits
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    # same config and session cache dir as tests/adversarial/test_attacks.py: trained once per session
-    model = zoo.train("lenet", "relu", epochs=15, seed=0, cache=tmp_path_factory.getbasetemp() / "zoo").model
-    test = data.load_digits("test").subset(12)
-    with torch.no_grad():
-        keep = model(test.images).argmax(1) == test.labels
-    return model, test.images[keep][:6], test.labels[keep][:6]
+def digits(attack_lenet):
+    return (attack_lenet, *correctly_classified_digits(attack_lenet, 6, 12))
 
 
 def _context(config, baselines=False):
