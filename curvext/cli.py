@@ -53,7 +53,9 @@ def _with_flags(message: str, parser: argparse.ArgumentParser) -> str:
     flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and "_" in a.dest}
     if not flags:
         return message
-    return re.sub(r"(?<![-\w])(" + "|".join(map(re.escape, flags)) + r")\b", lambda m: flags[m.group(1)], message)
+    # whole words only, not a piece of a path or a file name (/data_dir/, image_size.pth)
+    return re.sub(r"(?<![-\w/\\.])(" + "|".join(map(re.escape, flags)) + r")(?![\w/\\.])", lambda m: flags[m.group(1)],
+                  message)
 
 
 def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:

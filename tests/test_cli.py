@@ -68,3 +68,20 @@ def test_a_library_parameter_in_an_error_is_named_as_the_option(relu_lenet, tmp_
                            "--probe-eps", "1e-6", "--attacks", "deepfool", "--out", str(tmp_path), "--no-progress"],
                           capsys)
     assert "--probe-eps" in err and "probe_eps" not in err
+
+
+def test_parameter_names_are_rewritten_as_words_only():
+    from curvext.cli import _command_parser, _with_flags
+
+    evaluate = _command_parser(build_parser(), "evaluate")
+    message = "pass a larger probe_eps, or image_size"
+    assert _with_flags(message, evaluate) == "pass a larger --probe-eps, or --image-size"
+    path = "checkpoint /home/u/data_dir/runs/image_size.pth and C:\\data_dir\\x"
+    assert _with_flags(path, evaluate) == path  # pieces of paths stay as they are
+
+
+def test_paths_starting_with_a_tilde_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mnist").mkdir()
+    args = build_parser().parse_args(["evaluate", "--dataset", "mnist", "--data-dir", "~/mnist", "--out", "~/o"])
+    assert args.data_dir == str(tmp_path / "mnist") and args.out == str(tmp_path / "o")

@@ -94,7 +94,8 @@ def normalization(text: str):
 
 
 def existing_file(text: str) -> str:
-    """The path of a file that exists."""
+    """The path of a file that exists (``~`` expanded)."""
+    text = os.path.expanduser(text)
     if not os.path.isfile(text):
         raise argparse.ArgumentTypeError(f"expected an existing file, got {text!r}, which "
                                          f"{'is a folder' if os.path.isdir(text) else 'does not exist'}")
@@ -102,7 +103,8 @@ def existing_file(text: str) -> str:
 
 
 def existing_folder(text: str) -> str:
-    """The path of a folder that exists."""
+    """The path of a folder that exists (``~`` expanded)."""
+    text = os.path.expanduser(text)
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"expected an existing folder, got {text!r}, which "
                                          f"{'is a file' if os.path.exists(text) else 'does not exist'}")
@@ -110,7 +112,9 @@ def existing_folder(text: str) -> str:
 
 
 def output_folder(text: str) -> str:
-    """A folder to write into: absent (created later) or an existing directory, not a file."""
+    """A folder to write into (``~`` expanded): absent (created later) or an existing directory,
+    not a file."""
+    text = os.path.expanduser(text)
     if os.path.exists(text) and not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"expected a folder to write into, got {text!r}, which is a file")
     return text

@@ -128,6 +128,9 @@ def activation_list(text: str) -> tuple[str, ...]:
 def load_command_model(args, device=None):
     """The model of a command with a zoo ``--model`` default (profile, paths): ``--checkpoint``,
     ``--model torchvision:NAME``, or the zoo architecture trained on ``--dataset`` (cached)."""
+    if args.dataset != "digits" and not args.data_dir:  # before loading a model that may be large
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir (a folder of "
+                         f"{'images' if args.dataset == 'folder' else 'IDX files'})")
     if args.checkpoint or is_torchvision_model(args.model):
         return load_user_model(args, device)
     if args.dataset == "folder":

@@ -45,7 +45,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["AttackFn", "EvaluationReport", "ScoreRow", "attack_suite", "evaluate", "write_outputs"]
 #: images per attack call: the progress bar moves batch by batch (the attacks treat every image on
-#: its own; only the random draws of a call depend on where an image falls in it)
+#: its own; only the random draws of a call, e.g. PGD's random start, depend on where an image
+#: falls in it, so the size is part of the cache key)
 ATTACK_BATCH = 64
 DEFAULT_SQUEEZER = Squeezer(1, 2, None)  # Xu et al.'s MNIST setting (curvext.adversarial.squeezers.squeezer_for)
 
@@ -77,6 +78,20 @@ def _scores(model, detector: CurvatureDetector, x: torch.Tensor, squeezer: Squee
         "feature-squeezing": baselines.feature_squeezing_score(model, x, squeezer=squeezer).score.double().cpu(),
         "runner-up": baselines.runner_up_labels(model, x).cpu(),
     }
+
+
+def _attack_in_batches(fn, model, x: torch.Tensor, y: torch.Tensor, bar, done: list) -> dict:
+    """``fn(model, x, y)`` on ``ATTACK_BATCH`` images at a time, the bar moving per batch;
+    ``done[0]``: images attacked so far. Returns success ``(n,)``, norms ``(n,)`` float64 and the
+    successful adversarial images, in the order of ``x``."""
+    parts = []
+    for start in range(0, x.shape[0], ATTACK_BATCH):
+        stop = min(x.shape[0], start + ATTACK_BATCH)
+        res = fn(model, x[start:stop], y[start:stop])
+        parts.append((res.success.cpu(), res.norms.double().cpu(), res.adversarial[res.success].cpu()))
+        bar.update(stop - start)
+        done[0] = stop
+    return {k: torch.cat([part[i] for part in parts]) for i, k in enumerate(("success", "norms", "adversarial"))}
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
@@ -113,7 +128,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"calibration_images must hold at least 2 images, got {cal.shape[0]}")
     settings = dict(settings or {})
     # The model by its weights, not its name: two checkpoints never share cache entries.
-    settings.update(n=int(x.shape[0]), digest=tensor_digest(x), model_digest=model_digest(model))
+    settings.update(n=int(x.shape[0]), digest=tensor_digest(x), model_digest=model_digest(model),
+                    attack_batch=ATTACK_BATCH)  # an attack's random draws depend on its batch
     attack_key = _key(settings)  # plain attacks do not depend on the detector: a new h or T reuses them
     settings.update(method=detector.method, T=detector.num_directions, K=detector.classes,
                     estimator=detector.estimator, seed=detector.seed,
@@ -161,42 +177,35 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     rows, rho_perturbed = [], {}
     counts = {name: min(x.shape[0], spec.max_images or x.shape[0]) if isinstance(spec, AdaptiveAttack)
               else x.shape[0] for name, spec in attacks.items()}
-    bar = progress_bar(total=sum(counts.values()), desc="attacks", unit="img", enabled=progress)
-    for name, spec in attacks.items():
-        bar.set_postfix_str(name)
-        n, done = counts[name], [0]
-        if isinstance(spec, AdaptiveAttack):
-            path_key = _key(dict(settings, attack=spec.key(), squeezer=[squeezer.bits, squeezer.median, squeezer.nlm],
-                                 noise=list(noise), orientation=orientation, calibrated=sorted(context.clean.items())))
-            fn = spec.bind(context)
-        else:
-            path_key, fn = attack_key, spec
+    with progress_bar(total=sum(counts.values()), desc="attacks", unit="img", enabled=progress) as bar:
+        for name, spec in attacks.items():
+            bar.set_postfix_str(name)
+            n = counts[name]
+            if isinstance(spec, AdaptiveAttack):
+                path_key = _key(dict(settings, attack=spec.key(), squeezer=[squeezer.bits, squeezer.median,
+                                                                            squeezer.nlm],
+                                     noise=list(noise), orientation=orientation,
+                                     calibrated=sorted(context.clean.items())))
+                fn = spec.bind(context)
+            else:
+                path_key, fn = attack_key, spec
 
-        def attack(fn=fn, n=n, done=done):
-            parts = []
-            for start in range(0, n, ATTACK_BATCH):
-                stop = min(n, start + ATTACK_BATCH)
-                res = fn(model, x[start:stop], y[start:stop])
-                parts.append((res.success.cpu(), res.norms.double().cpu(), res.adversarial[res.success].cpu()))
-                bar.update(stop - start)
-                done[0] = stop
-            return {k: torch.cat([part[i] for part in parts]) for i, k in enumerate(("success", "norms",
-                                                                                     "adversarial"))}
+            done = [0]  # images attacked in this run (the rest, if any, came from the cache)
+            a = _cached(None if cache is None else cache / f"attack-{name}-{path_key}.pt",
+                        lambda fn=fn, n=n, done=done: _attack_in_batches(fn, model, x[:n], y[:n], bar, done))
+            bar.update(n - done[0])
 
-        a = _cached(None if cache is None else cache / f"attack-{name}-{path_key}.pt", attack)
-        bar.update(n - done[0])  # read from the cache
+            def score(a=a):
+                adv = a["adversarial"].to(x.device)
+                return _scores(model, detector, adv, squeezer, noise) if adv.shape[0] else {}
 
-        def score(a=a):
-            adv = a["adversarial"].to(x.device)
-            return _scores(model, detector, adv, squeezer, noise) if adv.shape[0] else {}
-
-        r = {"success": a["success"], "norms": a["norms"]}
-        score_key = key if path_key == attack_key else _key(dict(scores=key, attack=path_key))  # adaptive: per attack
-        r.update(_cached(None if cache is None else cache / f"scores-{name}-{score_key}.pt", score))
-        rows.extend(attack_rows(name, r, clean, calibration, y.cpu().numpy(), sign, rule, fpr))
-        if "rho" in r:
-            rho_perturbed[name] = r["rho"].numpy()
-    bar.close()
+            r = {"success": a["success"], "norms": a["norms"]}
+            # adaptive attacks: scores per attack
+            score_key = key if path_key == attack_key else _key(dict(scores=key, attack=path_key))
+            r.update(_cached(None if cache is None else cache / f"scores-{name}-{score_key}.pt", score))
+            rows.extend(attack_rows(name, r, clean, calibration, y.cpu().numpy(), sign, rule, fpr))
+            if "rho" in r:
+                rho_perturbed[name] = r["rho"].numpy()
     settings.update(recovery=rule, squeezer_text=squeezer.describe() + squeezer_note, noise_sigma=noise[0],
                     noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm)
     clean_fpr = {s: float(np.mean(oriented(clean, s, sign) >= thresholds[s])) for s in thresholds}

@@ -125,9 +125,12 @@ class EvaluationReport(ShortRepr):
         if self.n_clean >= FEW_IMAGES and not few:
             return None
         attacks = "; ".join(f"{a}: {n}" for a, n in few.items())
+        adaptive = [a for a in few if a.startswith("adaptive")]  # capped by --adaptive-images
+        options = (["--images"] if self.n_clean < FEW_IMAGES or len(adaptive) < len(few) else []) + (
+            ["--adaptive-images"] if adaptive else [])
         return (f"**few images**: {self.n_clean} clean" + (f", adversarial {attacks}" if few else "")
                 + f"; with fewer than {FEW_IMAGES} a rate or an AUC can be off by 0.07 or more (one standard error); "
-                "evaluate more images (--images) before reading the numbers")
+                f"evaluate more images ({' and '.join(options)}) before reading the numbers")
 
     def header(self) -> str:
         """What the detectors were calibrated on, how curvext decides, the baselines' settings."""

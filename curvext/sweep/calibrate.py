@@ -41,13 +41,12 @@ def calibrate_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, out: 
     chosen = sorted(torch.randperm(len(manifest), generator=g)[: min(images, len(manifest))].tolist())
     source = FolderSource(manifest, preprocessing, workers)
     kept, bad = [], []
-    bar = progress_bar(total=len(chosen), desc="reading calibration images", unit="img", leave=False)
-    for batch in source.batches(chosen, 64, device):
-        bar.update(len(batch.indices))
-        ok = [i for i, e in enumerate(batch.errors) if not e]
-        kept.append(batch.images[ok])
-        bad += [manifest.paths[batch.indices[i]] for i, e in enumerate(batch.errors) if e]
-    bar.close()
+    with progress_bar(total=len(chosen), desc="reading calibration images", unit="img", leave=False) as bar:
+        for batch in source.batches(chosen, 64, device):
+            bar.update(len(batch.indices))
+            ok = [i for i, e in enumerate(batch.errors) if not e]
+            kept.append(batch.images[ok])
+            bad += [manifest.paths[batch.indices[i]] for i, e in enumerate(batch.errors) if e]
     if bad:
         logger.warning("%d of the %d calibration images could not be read and are skipped: %s", len(bad),
                        len(chosen), ", ".join(bad[:5]))

@@ -28,6 +28,7 @@ from curvext.sweep.sources import Batch, FolderSource
 from curvext.sweep.summary import write_detection_summary
 from curvext.utils.model_checks import output_count
 from curvext.utils.optional import optional_import
+from curvext.utils.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,8 @@ def detect_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, calibrat
     store = PartStore(folder / "detections")
     shard = shard or Shard.from_env()
     mine = sum(len(chunks.items(i)) for i in range(chunks.count) if shard.owns(i))
-    tqdm = optional_import("tqdm.auto").tqdm
-    bar = tqdm(total=mine, unit="img", desc=f"detect (rank {shard})" if shard.count > 1 else "detect",
-               disable=not progress, smoothing=0.05)
+    bar = progress_bar(total=mine, unit="img", desc=f"detect (rank {shard})" if shard.count > 1 else "detect",
+                       enabled=progress)
 
     def compute(items: range, heartbeat: Callable[[], None]):
         rows = []
@@ -93,8 +93,8 @@ def detect_dataset(model: torch.nn.Module, data_dir: str | os.PathLike, calibrat
             bar.update(len(batch.indices))
         return _table(rows)
 
-    status = run_chunks(store, chunks, compute, shard=shard, on_skipped=bar.update)
-    bar.close()
+    with bar:
+        status = run_chunks(store, chunks, compute, shard=shard, on_skipped=bar.update)
     summary = None
     if status.leader:
         summary = write_detection_summary(store.read(chunks.count), folder, detector.threshold,

@@ -22,6 +22,7 @@ from curvext.sweep.parts import PartStore
 from curvext.utils.atomic_files import atomic_path
 from curvext.utils.cache_keys import model_digest, settings_key
 from curvext.utils.optional import optional_import
+from curvext.utils.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,8 @@ def profile_dataset(model: torch.nn.Module, source, out: str | os.PathLike, sett
     store = PartStore(out / "parts" / f"{tag}-{key}")
     chunks = Chunks(len(source), chunk_size)
     shard = shard or Shard.from_env()
-    tqdm = optional_import("tqdm.auto").tqdm
     mine = sum(len(chunks.items(i)) for i in range(chunks.count) if shard.owns(i))
-    bar = tqdm(total=mine, unit="img", desc="profiles", disable=not progress)
+    bar = progress_bar(total=mine, unit="img", desc="profiles", enabled=progress)
 
     def compute(items: range, heartbeat):
         frames = []
@@ -82,8 +82,8 @@ def profile_dataset(model: torch.nn.Module, source, out: str | os.PathLike, sett
         frame = optional_import("pandas").concat(frames, ignore_index=True)
         return pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
 
-    status = run_chunks(store, chunks, compute, shard=shard, on_skipped=bar.update)
-    bar.close()
+    with bar:
+        status = run_chunks(store, chunks, compute, shard=shard, on_skipped=bar.update)
     stop_distributed(status)
     if not status.leader:
         return ProfileResult(status, None)

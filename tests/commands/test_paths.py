@@ -101,7 +101,7 @@ def test_paths_rejects_bad_values_in_one_line_naming_the_flag(option, value, cap
 def test_paths_needs_a_data_dir_for_mnist(tmp_path, capsys):
     assert main(["paths", "--dataset", "mnist", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "needs --data-dir" in err
+    assert err.count("\n") == 1 and "--dataset mnist needs --data-dir (a folder of IDX files)" in err
 
 
 def test_summary_rows():

@@ -343,6 +343,12 @@ def test_attacks_run_batch_by_batch_and_the_bar_counts_every_image(digits_model,
         def close(self):
             pass
 
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
     bars, sizes = [], []
     monkeypatch.setattr(protocol, "progress_bar", Bar)
     monkeypatch.setattr(protocol, "ATTACK_BATCH", 4)
@@ -358,3 +364,22 @@ def test_attacks_run_batch_by_batch_and_the_bar_counts_every_image(digits_model,
     assert success.shape == (n,)
     evaluate(digits_model, test.images, test.labels, detector=det, attacks=attacks, out_dir=tmp_path)
     assert len(sizes) == len(bars[0].updates) - 1 and bars[1].updates == [n]  # all of it from the cache
+
+
+
+def test_attacks_in_batches_equal_one_call_for_a_deterministic_attack(digits_model, monkeypatch):
+    """DeepFool draws nothing at random: batch by batch, the cached success, norms and successful
+    adversarial images are those of one call on all images, in the same order."""
+    from curvext.adversarial.attacks import deepfool
+    from curvext.evaluation import protocol
+
+    monkeypatch.setattr(protocol, "ATTACK_BATCH", 3)
+    x = data.load_digits("test").images[:10]
+    with torch.no_grad():
+        y = digits_model(x).argmax(1)
+    whole = deepfool(digits_model, x, y)
+    batched = protocol._attack_in_batches(deepfool, digits_model, x, y, protocol.progress_bar(enabled=False), [0])
+    assert torch.equal(batched["success"], whole.success.cpu())
+    # float32 kernels may pick other blockings for other batch sizes: rounding only (a few ulp)
+    torch.testing.assert_close(batched["norms"], whole.norms.double(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(batched["adversarial"], whole.adversarial[whole.success], rtol=1e-5, atol=1e-6)

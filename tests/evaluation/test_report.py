@@ -21,3 +21,9 @@ def test_few_images_are_flagged_in_the_header():
     assert small.header().splitlines()[-1] == small.few_images_note()  # the header's last line
     only_attack = _report(100, {"cw": FEW_IMAGES - 1}).few_images_note()
     assert only_attack.startswith(f"**few images**: 100 clean, adversarial cw: {FEW_IMAGES - 1};")
+
+
+def test_the_note_names_the_option_that_adds_images():
+    assert "(--adaptive-images)" in _report(300, {"pgd-l2": 290, "adaptive-pgd": 48}).few_images_note()
+    assert "(--images and --adaptive-images)" in _report(300, {"cw": 40, "adaptive-pgd": 48}).few_images_note()
+    assert "(--images)" in _report(20, {"cw": 20}).few_images_note()
