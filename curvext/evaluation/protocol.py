@@ -156,7 +156,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                                      for s, v in calibration.items()},
                              squeezer, *noise)
     rho_c = clean["rho"].numpy()
-    rows, rho_perturbed = [], {}
+    rows, rho_perturbed, adaptive = [], {}, {}
     bar = tqdm(attacks.items(), desc="attacks", disable=not progress)
     for name, spec in bar:
         bar.set_postfix_str(name)
@@ -166,6 +166,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
             path_key = _key(dict(settings, attack=spec.key(), squeezer=[squeezer.bits, squeezer.median, squeezer.nlm],
                                  noise=list(noise), orientation=orientation, calibrated=sorted(context.clean.items())))
             fn = spec.bind(context)
+            adaptive[name] = spec.describe(None if detector.method == "autograd" else detector.h)
         else:
             path_key, fn = attack_key, spec
 
@@ -187,7 +188,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         if "rho" in r:
             rho_perturbed[name] = r["rho"].numpy()
     settings.update(recovery=rule, squeezer_text=squeezer.describe() + squeezer_note, noise_sigma=noise[0],
-                    noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm)
+                    noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm,
+                    adaptive=adaptive)
     clean_fpr = {s: float(np.mean(oriented(clean, s, sign) >= thresholds[s])) for s in thresholds}
     clean_fpr["combined"] = float("nan")  # its threshold depends on the row's partner
     return EvaluationReport(rows, orientation, float(np.mean(rho_c < 0)), int(x.shape[0]), settings, rho_c,

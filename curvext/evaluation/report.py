@@ -124,6 +124,8 @@ class EvaluationReport:
         if "squeezer_text" in self.settings:
             text += (f"\nbaselines: feature squeezing {self.settings['squeezer_text']}; noise consistency sigma "
                      f"{self.settings['noise_sigma']:g}, {self.settings['noise_samples']} draws")
+        for name, how in self.settings.get("adaptive", {}).items():
+            text += f"\nadaptive attack {name}: {how}"
         return text
 
     def dataframe(self):
