@@ -102,3 +102,15 @@ def test_benign_perturbations_benchmark_runs(tmp_path, capsys):
     assert text == capsys.readouterr().out
     assert "| clean |  |" in text and "on the strokes only (background untouched)" in text
     assert "curvext fd2 h = 0.1, perturbed expected" in text
+
+
+def test_adaptive_gradients_benchmark_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MNIST_DIR", raising=False)  # sklearn digits, as in CI
+    out = tmp_path / "gradients.md"
+    load("adaptive_gradients").main(["--images", "12", "--calibration-images", "12", "--h", "0.1", "--attacker-h",
+                                     "detector,0.3", "--out", str(out), "--default-malloc"])
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert "Detector: fd2, h = 0.1, perturbed expected" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| 0.1 (the detector's) |", "| 0.3 |"))]
+    assert len(rows) == 6  # two attacker scales, three step lengths

@@ -90,6 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attack only the first N images with the adaptive attacks (default: all)")
     p.add_argument("--adaptive-weight", type=non_negative_float, default=1.0,
                    help="weight of the detectors' penalty against the margin loss in the adaptive PGD")
+    p.add_argument("--adaptive-h", type=positive_float, default=None, metavar="H",
+                   help="scale (l2, input units) at which the adaptive PGD differentiates the fd/fd2 detector's "
+                        "rho (default: the detector's h); a larger H gives the attacker a smoother surrogate of a "
+                        "rough statistic. Exact (autograd) detectors ignore it")
     p.add_argument("--restarts", type=positive_int, default=5, help="R of adaptive-best-of-r")
     p.add_argument("--squeeze", type=squeezer_setting, default="auto", metavar="auto|BITS[,MEDIAN[,S-P-H]]",
                    help="feature squeezing: auto (default) takes Xu et al.'s setting for the dataset (digits: 1 bit "
@@ -186,7 +190,7 @@ def run(args) -> int:
     attacks = attack_suite(eps_linf=args.eps_linf, eps_l2=args.eps_l2, cw_confidence=args.cw_confidence,
                            pgd_steps=args.pgd_steps, cw_steps=args.cw_steps, seed=args.seed, include=args.attacks,
                            adaptive_weight=args.adaptive_weight, restarts=args.restarts,
-                           adaptive_images=args.adaptive_images)
+                           adaptive_images=args.adaptive_images, adaptive_h=args.adaptive_h)
     summary = []
     for label, model, accuracy in _models(args, device):
         model = model.to(device)
@@ -201,6 +205,9 @@ def run(args) -> int:
                   "(--classes to change)", file=sys.stderr)
         method = resolve_method(model, DetectorConfig(method=args.method or AUTO_METHOD)).method
         auto = args.h == "auto"
+        if args.adaptive_h is not None and method == "autograd" and any(n.startswith("adaptive-pgd") for n in attacks):
+            print(f"{label}: exact (autograd) detector; the adaptive attacks differentiate its exact rho and "
+                  "ignore --adaptive-h", file=sys.stderr)
         for h in [None] if method == "autograd" or auto else args.h:
             t0 = time.perf_counter()
             detector = CurvatureDetector(model, num_directions=args.directions, classes=classes, method=method,

@@ -174,7 +174,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                                      for s, v in calibration.items()},
                              squeezer, *noise)
     rho_c = clean["rho"].numpy()
-    rows, rho_perturbed = [], {}
+    rows, rho_perturbed, adaptive = [], {}, {}
     counts = {name: min(x.shape[0], spec.max_images or x.shape[0]) if isinstance(spec, AdaptiveAttack)
               else x.shape[0] for name, spec in attacks.items()}
     with progress_bar(total=sum(counts.values()), desc="attacks", unit="img", enabled=progress) as bar:
@@ -187,6 +187,7 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                      noise=list(noise), orientation=orientation,
                                      calibrated=sorted(context.clean.items())))
                 fn = spec.bind(context)
+                adaptive[name] = spec.describe(None if detector.method == "autograd" else detector.h)
             else:
                 path_key, fn = attack_key, spec
 
@@ -207,7 +208,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
             if "rho" in r:
                 rho_perturbed[name] = r["rho"].numpy()
     settings.update(recovery=rule, squeezer_text=squeezer.describe() + squeezer_note, noise_sigma=noise[0],
-                    noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm)
+                    noise_samples=noise[1], orientation_rule=detector.orientation_rule, probe_norm=detector.probe_norm,
+                    adaptive=adaptive)
     clean_fpr = {s: float(np.mean(oriented(clean, s, sign) >= thresholds[s])) for s in thresholds}
     clean_fpr["combined"] = float("nan")  # its threshold depends on the row's partner
     report = EvaluationReport(rows, orientation, float(np.mean(rho_c < 0)), int(x.shape[0]), settings, rho_c,

@@ -147,6 +147,8 @@ class EvaluationReport(ShortRepr):
         if "squeezer_text" in self.settings:
             text += (f"\nbaselines: feature squeezing {self.settings['squeezer_text']}; noise consistency sigma "
                      f"{self.settings['noise_sigma']:g}, {self.settings['noise_samples']} draws")
+        for name, how in self.settings.get("adaptive", {}).items():
+            text += f"\nadaptive attack {name}: {how}"
         note = self.few_images_note()
         return text if note is None else f"{text}\n{note}"
 

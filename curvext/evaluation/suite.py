@@ -105,6 +105,22 @@ class AdaptiveAttack:
         """The settings that change its adversarial images (for cache keys)."""
         return dataclasses.asdict(self)
 
+    def describe(self, detector_h: float | None) -> str:
+        """One line for the report: budget, weight and the scale at which the attacker
+        differentiates rho (``detector_h``: the detector's; None for autograd detectors)."""
+        if self.kind == "best-of":
+            return f"{self.restarts} restarts of PGD {self.norm} eps {self.eps:g}, {self.steps} steps"
+        if detector_h is None:
+            scale = "exact (autograd) rho"
+        elif self.h is None or self.h == detector_h:
+            scale = f"rho at the detector's h = {detector_h:g}"
+        else:
+            scale = f"rho at h = {self.h:g} (the detector's: {detector_h:g})"
+        images = "" if self.max_images is None else f", first {self.max_images} images"
+        return (f"PGD {self.norm} eps {self.eps:g}, {self.steps} steps, penalty weight {self.weight:g}, margin capped "
+                f"at {self.confidence:g}, {'fresh directions per step (EOT)' if self.eot else 'the detector seed'}"
+                f", {scale}{images}")
+
     def bind(self, context: DefenceContext) -> AttackFn:
         """The attack ``(model, x, y) -> AttackResult`` against the detectors of ``context``."""
         if self.kind == "best-of":
@@ -153,16 +169,19 @@ def _oriented_rho(model, x: torch.Tensor, context: DefenceContext) -> torch.Tens
 def attack_suite(*, eps_linf: float = 0.1, eps_l2: float = 1.0, cw_confidence: float = 5.0, pgd_steps: int = 40,
                  cw_steps: int = 100, seed: int = 0, include=None, adaptive_weight: float = 1.0,
                  adaptive_confidence: float | None = None, restarts: int = 5, adaptive_images: int | None = None,
-                 adaptive_steps: int | None = None) -> dict:
+                 adaptive_steps: int | None = None, adaptive_h: float | None = None) -> dict:
     """The protocol's attacks by row name: plain ones as ``(model, x, y) -> AttackResult``,
     adaptive ones as :class:`AdaptiveAttack` (PGD l2 budget ``eps_l2``, ``adaptive_steps``
-    default ``pgd_steps``, margin ``adaptive_confidence`` default ``cw_confidence``). ``include``:
+    default ``pgd_steps``, margin ``adaptive_confidence`` default ``cw_confidence``, the attacker's
+    fd/fd2 scale ``adaptive_h`` default the detector's h). ``include``:
     names of ``ATTACKS`` to keep (default: all; "cw" names the CW row)."""
     include = ATTACKS if include is None else tuple(include)
     unknown = sorted(set(include) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
     confidence = cw_confidence if adaptive_confidence is None else adaptive_confidence
+    if adaptive_h is not None and not (isinstance(adaptive_h, (int, float)) and 0 < adaptive_h < float("inf")):
+        raise ValueError(f"adaptive_h must be None or a positive finite number, got {adaptive_h!r}")
     rows = {
         "deepfool": ("deepfool", lambda m, x, y: _attacks.deepfool(m, x, y, overshoot=0.02, max_iter=50)),
         "pgd-linf": ("pgd-linf", lambda m, x, y: _attacks.pgd(m, x, y, eps=eps_linf, norm="linf", steps=pgd_steps,
@@ -174,5 +193,6 @@ def attack_suite(*, eps_linf: float = 0.1, eps_l2: float = 1.0, cw_confidence: f
     for name, kind in ADAPTIVE_KINDS.items():
         rows[name] = (name, AdaptiveAttack(kind, eps=eps_l2, norm="l2", steps=adaptive_steps or pgd_steps,
                                            weight=adaptive_weight, confidence=confidence, restarts=restarts,
-                                           seed=seed, max_images=adaptive_images))
+                                           seed=seed, max_images=adaptive_images,
+                                           h=None if adaptive_h is None else float(adaptive_h)))
     return dict(rows[name] for name in ATTACKS if name in include)

@@ -12,6 +12,7 @@ from curvext import data
 from curvext.adversarial.squeezers import Squeezer
 from curvext.cli import main
 from curvext.commands.evaluate import attack_list, squeezer_setting
+from tests.conftest import one_line_error
 
 FAST = ["--directions", "2", "--h", "0.1", "--no-progress"]
 
@@ -58,11 +59,37 @@ def test_parsers_of_the_new_options():
 
 @pytest.mark.parametrize("option, bad", [("--attacks", "pgd"), ("--attacks", ""), ("--squeeze", "0"),
                                          ("--squeeze", "5,2,13-3"), ("--calibration-images", "-1"),
-                                         ("--recovery", "largest"), ("--dataset", "../x"), ("--restarts", "0")])
+                                         ("--recovery", "largest"), ("--dataset", "../x"), ("--restarts", "0"),
+                                         ("--adaptive-h", "0"), ("--adaptive-h", "-0.1"), ("--adaptive-h", "nan")])
 def test_bad_values_are_refused_by_option(option, bad, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", option, bad])
     assert option in capsys.readouterr().err
+
+
+def test_adaptive_h_reaches_the_attack_and_its_cache_key(tmp_path, monkeypatch, capsys, zoo_cache):
+    """--adaptive-h is the scale the adaptive PGD differentiates rho at; a run with the detector's
+    own h on the same cache folder attacks again instead of reusing the other scale's images."""
+    from curvext.evaluation import suite
+
+    monkeypatch.setenv("CURVEXT_CACHE", zoo_cache)
+    scales = []
+    real = suite.differentiable_curvature
+    monkeypatch.setattr(suite, "differentiable_curvature",
+                        lambda m, x, V, method, h, *a, **k: scales.append(h) or real(m, x, V, method, h, *a, **k))
+    args = ["evaluate", "--images", "20", "--calibration-images", "20", "--attacks", "adaptive-pgd", "--pgd-steps",
+            "2", "--adaptive-images", "4", "--out", str(tmp_path / "out"), *FAST]
+    assert main([*args, "--adaptive-h", "0.3"]) == 0
+    assert scales and set(scales) == {0.3}
+    assert "adaptive attack adaptive-pgd: PGD l2 eps 1, 2 steps" in capsys.readouterr().out
+    assert "rho at h = 0.3 (the detector's: 0.1)" in (tmp_path / "out" / "eval-digits-lenet-relu.md").read_text()
+    scales.clear()
+    assert main(args) == 0
+    assert scales and set(scales) == {0.1}  # not served from the 0.3 run's cache
+    assert "rho at the detector's h = 0.1" in capsys.readouterr().out
+    capsys.readouterr()
+    assert "argument --adaptive-h: expected a positive finite number, got '-1'" in one_line_error(
+        [*args, "--adaptive-h", "-1"], capsys)
 
 
 def _write_idx(path, arr):

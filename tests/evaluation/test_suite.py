@@ -39,6 +39,13 @@ def test_suite_rows_and_selection():
     assert spec.key()["eps"] == 2.0 and set(ATTACKS) >= {"cw", "adaptive-best-of-r"}
     with pytest.raises(ValueError, match="unknown attacks"):
         attack_suite(include=("pgd",))
+    # the attacker's scale reaches the adaptive rows only, and enters their cache key
+    smooth = attack_suite(include=("adaptive-pgd", "adaptive-best-of-r"), adaptive_h=0.02)
+    assert smooth["adaptive-pgd"].h == 0.02 and smooth["adaptive-pgd"].key() != rows["adaptive-pgd"].key()
+    assert rows["adaptive-pgd"].h is None  # default: the detector's h
+    for bad in (0.0, -1.0, math.inf, "0.1"):
+        with pytest.raises(ValueError, match="adaptive_h"):
+            attack_suite(adaptive_h=bad)
     with pytest.raises(ValueError, match="kind"):
         AdaptiveAttack("white-box")
     with pytest.raises(ValueError, match="max_images"):
@@ -85,6 +92,22 @@ def test_fd_detectors_are_attacked_through_fd2_on_relu_models(digits, monkeypatc
     AdaptiveAttack("curvature", eps=0.5, steps=1).bind(_context(DetectorConfig(method="fd", h=0.05,
                                                                                num_directions=2)))(model, x, y)
     assert set(methods) == {"fd2"}  # fd's gradient vanishes almost everywhere on a ReLU net
+
+
+def test_the_attacker_differentiates_rho_at_its_own_scale(digits, monkeypatch):
+    model, x, y = digits
+    scales = []
+    real = suite.differentiable_curvature
+    monkeypatch.setattr(suite, "differentiable_curvature",
+                        lambda m, xx, V, method, h, *a, **k: scales.append(h) or real(m, xx, V, method, h, *a, **k))
+    config = DetectorConfig(method="fd2", h=0.05, num_directions=2)
+    for attacker_h, expected in ((None, 0.05), (0.2, 0.2)):
+        scales.clear()
+        AdaptiveAttack("curvature", eps=0.5, steps=2, h=attacker_h).bind(_context(config))(model, x, y)
+        assert scales and set(scales) == {expected}
+    assert "rho at h = 0.2 (the detector's: 0.05)" in AdaptiveAttack("curvature", h=0.2).describe(0.05)
+    assert "the detector's h = 0.05" in AdaptiveAttack("curvature").describe(0.05)
+    assert "exact (autograd) rho" in AdaptiveAttack("curvature", h=0.2).describe(None)
 
 
 def test_all_detectors_variant_adds_every_baseline(digits, monkeypatch):
