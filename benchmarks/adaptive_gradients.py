@@ -22,7 +22,6 @@ import sys
 
 import torch
 
-from curvext import data
 from curvext.adversarial import attacks
 from curvext.curvature.differentiable import differentiable_curvature
 from curvext.data import zoo
@@ -30,6 +29,7 @@ from curvext.detection import CurvatureDetector
 from curvext.detection.scoring import random_directions
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from evaluation_setup import add_evaluation_arguments, load_evaluation_images  # noqa: E402
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
 STEPS = (0.01, 0.05, 0.2)
@@ -78,23 +78,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"),
                    help="MNIST IDX files (default: $MNIST_DIR; without either, sklearn digits)")
-    p.add_argument("--model", default="lenet")
+    add_evaluation_arguments(p, images=64)
     p.add_argument("--activation", default="relu")
     p.add_argument("--h", default="auto", help="the detector's scale: auto (the probe's choice) or a number")
     p.add_argument("--attacker-h", default="detector,0.01,0.05",
                    help="the attacker's scales, comma separated ('detector': the detector's h)")
-    p.add_argument("--images", type=int, default=64, help="evaluated test images (the first ones)")
-    p.add_argument("--calibration-images", type=int, default=150)
-    p.add_argument("--eps-l2", type=float, default=None, help="PGD budget (default 2.0 MNIST, 1.0 digits)")
-    p.add_argument("--out", default=None)
     add_malloc_option(p)
     args = p.parse_args(argv)
     malloc = configure_malloc(args)
-    dataset = "mnist" if args.data_dir else "digits"
-    eps = args.eps_l2 or (2.0 if args.data_dir else 1.0)
-    n = args.images + args.calibration_images
-    test = data.load_mnist(args.data_dir, "test", limit=n) if args.data_dir else data.load_digits("test").subset(n)
-    cal = test.images[args.images :]
+    dataset, eps, test, cal = load_evaluation_images(args)
     model = zoo.train(args.model, args.activation, dataset, args.data_dir).model
     det = CurvatureDetector(model, num_directions=16, method="fd2", h=None if args.h == "auto" else float(args.h))
     if args.h == "auto":

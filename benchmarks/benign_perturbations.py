@@ -20,7 +20,6 @@ import sys
 import numpy as np
 import torch
 
-from curvext import data
 from curvext.adversarial import attacks, baselines
 from curvext.adversarial.squeezers import squeezer_for
 from curvext.data import zoo
@@ -28,6 +27,7 @@ from curvext.detection import CurvatureDetector
 from curvext.detection.metrics import calibrate_threshold
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from evaluation_setup import add_evaluation_arguments, load_evaluation_images  # noqa: E402
 from reporting import add_malloc_option, configure_malloc, emit  # noqa: E402
 
 SCORES = ("curvext", "max-softmax", "noise-consistency", "feature-squeezing")
@@ -83,21 +83,13 @@ def run_model(model, name, dataset, x, y, cal, scales, eps) -> list[str]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="MNIST IDX files (default: sklearn digits)")
-    p.add_argument("--model", default="lenet")
+    add_evaluation_arguments(p, images=200)
     p.add_argument("--activation", default="relu", help="relu, smooth or both")
     p.add_argument("--h", default="auto", help="auto (the probe's choice) and/or scales, comma separated")
-    p.add_argument("--images", type=int, default=200)
-    p.add_argument("--calibration-images", type=int, default=150)
-    p.add_argument("--eps-l2", type=float, default=None, help="PGD budget (default 2.0 MNIST, 1.0 digits)")
-    p.add_argument("--out", default=None)
     add_malloc_option(p)
     args = p.parse_args(argv)
     malloc = configure_malloc(args)
-    dataset = "mnist" if args.data_dir else "digits"
-    eps = args.eps_l2 or (2.0 if args.data_dir else 1.0)
-    n = args.images + args.calibration_images
-    test = data.load_mnist(args.data_dir, "test", limit=n) if args.data_dir else data.load_digits("test").subset(n)
-    cal = test.images[args.images :]
+    dataset, eps, test, cal = load_evaluation_images(args)
     scales = [v if v == "auto" else float(v) for v in args.h.split(",")]
     lines = [f"# Benign perturbations ({dataset}, {args.images} images, calibration on {cal.shape[0]} others, "
              f"5% FPR; torch {torch.__version__}, {malloc})"]

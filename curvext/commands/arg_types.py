@@ -93,22 +93,22 @@ def normalization(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _existing(text: str, is_kind, kind: str, other: str) -> str:
+    text = os.path.expanduser(text)
+    if not is_kind(text):
+        raise argparse.ArgumentTypeError(f"expected an existing {kind}, got {text!r}, which "
+                                         f"{other if os.path.exists(text) else 'does not exist'}")
+    return text
+
+
 def existing_file(text: str) -> str:
     """The path of a file that exists (``~`` expanded)."""
-    text = os.path.expanduser(text)
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"expected an existing file, got {text!r}, which "
-                                         f"{'is a folder' if os.path.isdir(text) else 'does not exist'}")
-    return text
+    return _existing(text, os.path.isfile, "file", "is a folder")
 
 
 def existing_folder(text: str) -> str:
     """The path of a folder that exists (``~`` expanded)."""
-    text = os.path.expanduser(text)
-    if not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"expected an existing folder, got {text!r}, which "
-                                         f"{'is a file' if os.path.exists(text) else 'does not exist'}")
-    return text
+    return _existing(text, os.path.isdir, "folder", "is a file")
 
 
 def output_folder(text: str) -> str:
