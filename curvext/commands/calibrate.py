@@ -72,5 +72,6 @@ def run(args) -> int:
     scale = "" if method == "autograd" else f", h = {cal.config.h:g}"
     print(f"calibrated on {cal.n_images} clean images: method {method}{scale}, T = {cal.config.num_directions}, "
           f"K = {cal.config.classes or outputs - 1}; perturbed when rho is {cal.orientation} than "
-          f"{cal.threshold:.6g} (target FPR {cal.fpr:g}); recovery rule {cal.recovery}\nwrote {args.out}")
+          f"{cal.threshold:.6g} (target FPR {cal.fpr:g}); recovery rule {cal.recovery}; calibration images with "
+          f"benign noise (sigma 1/255) flagged: {100 * cal.benign_flag_rate:.0f}%\nwrote {args.out}")
     return 0

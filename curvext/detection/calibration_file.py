@@ -28,7 +28,8 @@ class Calibration:
     the weights it was calibrated on. preprocessing: how image files became inputs (``{"image":
     Preprocessing.to_dict(), "normalize": [mean, std] or None}``), empty for tensors.
     n_images: clean images used. scale_choice: ``{h: separation}`` when h was chosen, else empty.
-    curvext_version: the version that wrote it."""
+    curvext_version: the version that wrote it. benign_flag_rate: share of the calibration images
+    flagged once benign noise is added (:mod:`curvext.detection.benign`; None when not measured)."""
 
     config: DetectorConfig
     threshold: float
@@ -40,6 +41,7 @@ class Calibration:
     n_images: int = 0
     scale_choice: dict = field(default_factory=dict)
     curvext_version: str = ""
+    benign_flag_rate: float | None = None
 
     def __post_init__(self):
         if self.orientation not in ORIENTATIONS:
@@ -88,6 +90,7 @@ def read_calibration(path: str | os.PathLike) -> Calibration:
             model_digest=str(document["model_digest"]),
             preprocessing=dict(document.get("preprocessing") or {}), n_images=int(document.get("n_images", 0)),
             scale_choice={float(h): float(s) for h, s in (document.get("scale_choice") or {}).items()},
-            curvext_version=str(document.get("curvext_version", "")))
+            curvext_version=str(document.get("curvext_version", "")),
+            benign_flag_rate=None if document.get("benign_flag_rate") is None else float(document["benign_flag_rate"]))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{source}: invalid calibration ({err})") from None

@@ -27,6 +27,7 @@ import torch
 from curvext import __version__
 from curvext.curvature.compiled_sums import CompiledCurvatureSums
 from curvext.detection import scale_selection
+from curvext.detection.benign import BENIGN_SIGMA, benign_noise, reacts_to_benign_noise
 from curvext.detection.calibration_file import Calibration, read_calibration, write_calibration
 from curvext.detection.config import ORIENTATIONS, DetectorConfig, resolve_method
 from curvext.detection.metrics import best_threshold, calibrate_threshold
@@ -116,6 +117,7 @@ class CurvatureDetector:
         self.fpr: float | None = None  # the target false-positive rate of the last calibrate()
         self.n_calibration_images = 0
         self.scale_choice: scale_selection.ScaleChoice | None = None  # the last choose_scale()
+        self.benign_flag_rate: float | None = None  # share of noisy calibration images flagged (detection.benign)
         self._probe_memo = None  # (key of the clean images, probe result) of the last probe
 
     @property
@@ -212,6 +214,14 @@ class CurvatureDetector:
         self.fpr, self.n_calibration_images = float(fpr), int(x_clean.shape[0])
         logger.info("calibrated: clean median rho %.3g -> orientation %s, threshold %.4g",
                     float(rho.median()), self.orientation, self.threshold)
+        noisy = benign_noise(x_clean, self.config.seed, self.config.input_range)
+        self.benign_flag_rate = float(self.decide(self.score(noisy)).perturbed.double().mean())
+        if reacts_to_benign_noise(self.benign_flag_rate, fpr):
+            logger.warning("the calibrated detector flags %.0f%% of its calibration images once Gaussian noise of "
+                           "sigma %.3g is added (target false-positive rate %.0f%%): it reacts to any perturbation, "
+                           "so its detection rates say little%s", 100 * self.benign_flag_rate, BENIGN_SIGMA,
+                           100 * fpr, "" if self.config.method == "autograd" else
+                           f"; a larger h than {self.h:g} may avoid it (e.g. curvext.detection.PROBE_SCALES)")
         return self
 
     def fit_threshold(self, x_clean: torch.Tensor, x_perturbed: torch.Tensor) -> CurvatureDetector:
@@ -224,7 +234,7 @@ class CurvatureDetector:
             if best is None or acc > best[0]:
                 best = (acc, orientation, sign * t)
         _, self.orientation, self.threshold = best
-        self.fpr, self.n_calibration_images = None, int(x_clean.shape[0])
+        self.fpr, self.n_calibration_images, self.benign_flag_rate = None, int(x_clean.shape[0]), None
         return self
 
     def detect(self, x: torch.Tensor) -> Detection:
@@ -257,7 +267,7 @@ class CurvatureDetector:
         separation = {} if self.scale_choice is None else dict(self.scale_choice.separation)
         calibration = Calibration(self.config, float(self.threshold), self.orientation, self.recovery, self.fpr,
                                   model_digest(self.model), dict(preprocessing or {}), self.n_calibration_images,
-                                  separation, __version__)
+                                  separation, __version__, self.benign_flag_rate)
         return write_calibration(path, calibration)
 
     @classmethod
@@ -281,4 +291,5 @@ class CurvatureDetector:
         self.threshold, self.orientation, self.recovery = calibration.threshold, calibration.orientation, \
             calibration.recovery
         self.fpr, self.n_calibration_images = calibration.fpr, calibration.n_images
+        self.benign_flag_rate = calibration.benign_flag_rate
         return self

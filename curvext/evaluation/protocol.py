@@ -31,6 +31,7 @@ import torch
 from curvext.adversarial import baselines
 from curvext.adversarial.squeezers import Squeezer
 from curvext.detection import metrics
+from curvext.detection.benign import benign_noise
 from curvext.detection.detector import CurvatureDetector
 from curvext.detection.scale_selection import ScaleChoice
 from curvext.evaluation.report import EvaluationReport, write_outputs
@@ -212,9 +213,14 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     adaptive=adaptive)
     clean_fpr = {s: float(np.mean(oriented(clean, s, sign) >= thresholds[s])) for s in thresholds}
     clean_fpr["combined"] = float("nan")  # its threshold depends on the row's partner
+    benign = scores_of(benign_noise(cal, detector.seed, detector.config.input_range), "benign")
+    benign_fpr = {s: float(np.mean(oriented(benign, s, sign) >= thresholds[s])) for s in thresholds}
+    benign_fpr["combined"] = float("nan")
+    detector.benign_flag_rate = benign_fpr["curvext"]
+    settings.update(fpr=fpr)
     report = EvaluationReport(rows, orientation, float(np.mean(rho_c < 0)), int(x.shape[0]), settings, rho_c,
                               rho_perturbed, scale_choice, int(cal.shape[0]), disjoint, clean_fpr, rule,
-                              detector.suggested_recovery, float(detector.threshold))
+                              detector.suggested_recovery, float(detector.threshold), benign_fpr)
     if report.few_images_note() is not None:
         logger.warning(report.few_images_note().replace("**", ""))
     return report

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curvext.detection.benign import reacts_to_benign_noise
 from curvext.detection.recovery import RECOVERY_RULES
 from curvext.detection.scale_selection import ScaleChoice
 from curvext.evaluation import plots
@@ -53,6 +54,7 @@ class EvaluationReport(ShortRepr):
     recovery: str = "max"
     suggested_recovery: str | None = None
     threshold: float | None = None  # curvext's calibrated threshold on rho (flagged: the orientation's side)
+    benign_fpr: dict = field(default_factory=dict)  # like clean_fpr, on the calibration images + benign noise
 
     def _attacks(self) -> list:
         return list(dict.fromkeys(r.attack for r in self.rows))
@@ -87,6 +89,9 @@ class EvaluationReport(ShortRepr):
         tpr = [f"| attack | images | | {cols} |", bar,
                f"| clean (false positives) | {self.n_clean} | | "
                + " | ".join(_pct(self.clean_fpr.get(s, np.nan)) for s in scores) + " |"]
+        if self.benign_fpr:
+            tpr.append(f"| clean + benign noise (sigma 1/255) | {self.n_calibration} | | "
+                       + " | ".join(_pct(self.benign_fpr.get(s, np.nan)) for s in scores) + " |")
         for a in self._attacks():
             first = self.row(a, "curvext")
             combined = self.row(a, "combined") if "combined" in scores else None
@@ -149,6 +154,10 @@ class EvaluationReport(ShortRepr):
                      f"{self.settings['noise_sigma']:g}, {self.settings['noise_samples']} draws")
         for name, how in self.settings.get("adaptive", {}).items():
             text += f"\nadaptive attack {name}: {how}"
+        if reacts_to_benign_noise(self.benign_fpr.get("curvext", 0.0), self.settings.get("fpr")):
+            text += (f"\n**curvext flags {100 * self.benign_fpr['curvext']:.0f}% of the calibration images once "
+                     "benign noise of sigma 1/255 is added**: at this setting it reacts to any perturbation, so its "
+                     "detection rates below say little")
         note = self.few_images_note()
         return text if note is None else f"{text}\n{note}"
 

@@ -310,6 +310,10 @@ def test_disjoint_calibration_split_and_adaptive_rows(digits_model, tmp_path, mo
     row = next(r for r in rep.rows if r.attack == "pgd-l2" and r.score == "curvext")
     assert row.tpr_calibrated == pytest.approx(float(np.mean(sign * rep.rho_perturbed["pgd-l2"] >= t)), abs=1e-12)
     assert rep.clean_fpr["curvext"] == pytest.approx(float(np.mean(sign * rep.rho_clean >= t)), abs=1e-12)
+    benign_rho = torch.load(next(tmp_path.glob("cache/benign-*.pt")), weights_only=False)["rho"].numpy()
+    assert benign_rho.shape == (40,)  # the calibration images, with benign noise
+    assert rep.benign_fpr["curvext"] == pytest.approx(float(np.mean(sign * benign_rho >= t)), abs=1e-12)
+    assert "| clean + benign noise (sigma 1/255) | 40 |" in rep.summary()
     adaptive = [r for r in rep.rows if r.attack.startswith("adaptive")]
     assert {r.score for r in adaptive} == set(SCORES) and {r.attack for r in adaptive} == {
         "adaptive-pgd", "adaptive-best-of-r"}

@@ -27,3 +27,10 @@ def test_the_note_names_the_option_that_adds_images():
     assert "(--adaptive-images)" in _report(300, {"pgd-l2": 290, "adaptive-pgd": 48}).few_images_note()
     assert "(--images and --adaptive-images)" in _report(300, {"cw": 40, "adaptive-pgd": 48}).few_images_note()
     assert "(--images)" in _report(20, {"cw": 20}).few_images_note()
+
+
+def test_a_detector_that_flags_benign_noise_is_called_out():
+    quiet = EvaluationReport([], "higher", 0.0, 100, settings={"fpr": 0.05}, benign_fpr={"curvext": 0.04})
+    assert "benign noise" not in quiet.header()
+    loud = EvaluationReport([], "higher", 0.0, 100, settings={"fpr": 0.05}, benign_fpr={"curvext": 0.9})
+    assert "**curvext flags 90% of the calibration images once benign noise" in loud.header()
