@@ -221,7 +221,8 @@ class CurvatureDetector:
                            "sigma %.3g is added (target false-positive rate %.0f%%): it reacts to any perturbation, "
                            "so its detection rates say little%s", 100 * self.benign_flag_rate, BENIGN_SIGMA,
                            100 * fpr, "" if self.config.method == "autograd" else
-                           f"; a larger h than {self.h:g} may avoid it (e.g. curvext.detection.PROBE_SCALES)")
+                           f"; a larger h than {self.h:g} may avoid it (choose_scale with larger candidates, or a "
+                           "fixed h)")
         return self
 
     def fit_threshold(self, x_clean: torch.Tensor, x_perturbed: torch.Tensor) -> CurvatureDetector:
