@@ -31,7 +31,6 @@ from curvext.commands.arg_types import (
     choice_list,
     non_negative_float,
     non_negative_int,
-    output_folder,
     positive_float,
     positive_int,
 )
@@ -43,6 +42,7 @@ from curvext.commands.model_source import (
     model_name,
 )
 from curvext.commands.placement import add_device_argument, resolve_device
+from curvext.commands.sweep_options import add_table_output_arguments
 from curvext.evaluation import plots
 from curvext.geometry.deepfool import deepfool
 from curvext.geometry.paths import (
@@ -95,10 +95,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8192, help="points per forward pass")
     p.add_argument("--plot-paths", type=non_negative_int, default=3,
                    help="paths of each kind in the plot, those with anchors first (default 3; 0: no plot)")
-    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    p.add_argument("--out", type=output_folder, default="curvext-out/paths")
-    p.add_argument("--cache", default=None, help="zoo cache folder")
-    p.add_argument("--no-progress", action="store_true")
+    add_table_output_arguments(p, "curvext-out/paths")
     add_device_argument(p)
     p.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ chunks, and the run that finds every part present writes the table and the plot.
 from __future__ import annotations
 
 from curvext import data
-from curvext.commands.arg_types import non_negative_int, output_folder, positive_float, positive_int
+from curvext.commands.arg_types import non_negative_int, positive_float, positive_int
 from curvext.commands.model_source import (
     add_data_arguments,
     add_model_arguments,
@@ -19,6 +19,7 @@ from curvext.commands.model_source import (
     model_name,
 )
 from curvext.commands.placement import add_device_argument, add_shard_argument, resolve_device
+from curvext.commands.sweep_options import add_table_output_arguments
 from curvext.data.image_folder import Preprocessing, scan_image_folder
 from curvext.sweep.profile import ProfileSettings, profile_dataset
 from curvext.sweep.sources import FolderSource, TensorSource
@@ -43,10 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk", type=positive_int, default=32, help="images per saved part")
     p.add_argument("--workers", type=non_negative_int, default=2,
                    help="--dataset folder: DataLoader processes (default 2)")
-    p.add_argument("--format", choices=("parquet", "csv"), default="parquet")
-    p.add_argument("--out", type=output_folder, default="curvext-out/profile")
-    p.add_argument("--cache", default=None, help="zoo cache folder")
-    p.add_argument("--no-progress", action="store_true")
+    add_table_output_arguments(p, "curvext-out/profile")
     add_device_argument(p)
     add_shard_argument(p)
     p.set_defaults(func=run)

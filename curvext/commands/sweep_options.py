@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from curvext.commands.arg_types import existing_folder, non_negative_int, positive_int
+from curvext.commands.arg_types import existing_folder, non_negative_int, output_folder, positive_int
 from curvext.commands.model_source import IMAGE_SIZE
 from curvext.data.image_folder import Preprocessing
 
@@ -26,6 +26,15 @@ def add_folder_arguments(p: argparse.ArgumentParser, *, defaults: bool = True) -
                        help="1 (grey) or 3 (RGB)" + (" (default 3)" if defaults else ""))
     p.add_argument("--workers", type=non_negative_int, default=2,
                    help="DataLoader processes decoding images (default 2; 0 decodes in the main process)")
+
+
+def add_table_output_arguments(p: argparse.ArgumentParser, out: str) -> None:
+    """``--format``, ``--out`` (default ``out``), ``--cache`` (the zoo's) and ``--no-progress`` of
+    the commands that write a table of parts (profile, paths)."""
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="table format")
+    p.add_argument("--out", type=output_folder, default=out, help="output folder (table, plot, saved parts)")
+    p.add_argument("--cache", default=None, help="zoo cache folder (default ~/.cache/curvext or $CURVEXT_CACHE)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def preprocessing_from(args, recorded: dict | None = None) -> Preprocessing:

@@ -28,9 +28,25 @@ def roc_curves(report, path) -> None:
     ax.set_ylabel("true-positive rate (perturbed flagged)")
     ax.set_title(f"curvext rho, perturbed expected {report.orientation}")
     ax.legend(loc="lower right", fontsize=8)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _threshold_line(ax, threshold: float, orientation: str) -> None:
+    """The calibrated threshold as a black line, the flagged side (``orientation`` "higher":
+    right of it) shaded."""
+    ax.axvline(threshold, color="k", lw=1.5, label=f"threshold {threshold:.3g}")
+    left, right = ax.get_xlim()
+    if orientation == "higher":
+        ax.axvspan(threshold, right, color="tab:red", alpha=0.07)
+    else:
+        ax.axvspan(left, threshold, color="tab:red", alpha=0.07)
+    ax.set_xlim(left, right)
 
 
 def rho_histogram(report, path) -> None:
@@ -52,13 +68,7 @@ def rho_histogram(report, path) -> None:
         ax.hist(clip(rho_p), bins=bins, density=True, histtype="step", lw=1.6, color=f"C{n % 10}",
                 linestyle=dashes[(n // 10 + n) % len(dashes)], label=f"{name} ({len(rho_p)})")
     if threshold is not None:
-        ax.axvline(threshold, color="k", lw=1.5, label=f"threshold {threshold:.3g}")
-        left, right = ax.get_xlim()
-        if report.orientation == "higher":
-            ax.axvspan(threshold, right, color="tab:red", alpha=0.06)
-        else:
-            ax.axvspan(left, threshold, color="tab:red", alpha=0.06)
-        ax.set_xlim(left, right)
+        _threshold_line(ax, threshold, report.orientation)
     model, dataset = report.settings.get("model"), report.settings.get("dataset")
     where = f": {model} on {dataset}" if model and dataset else ""
     ax.set_title(f"rho of clean and adversarial images{where}")
@@ -66,9 +76,7 @@ def rho_histogram(report, path) -> None:
                                                                    else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def curvature_profile(values: np.ndarray, path, title: str = "principal curvatures",
@@ -100,9 +108,7 @@ def curvature_profile(values: np.ndarray, path, title: str = "principal curvatur
     ax.set_ylabel("principal curvature")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def rho_against_threshold(rho: np.ndarray, threshold: float, orientation: str, path,
@@ -117,18 +123,12 @@ def rho_against_threshold(rho: np.ndarray, threshold: float, orientation: str, p
         span = max(hi - lo, 1e-12)
         bins = np.linspace(lo - 0.05 * span, hi + 0.05 * span, 60)
         ax.hist(np.clip(rho, bins[0], bins[-1]), bins=bins, color="tab:blue", label=f"{rho.size} images")
-    ax.axvline(threshold, color="k", lw=1.5, label=f"threshold {threshold:.3g}")
-    left, right = ax.get_xlim()
-    ax.axvspan(threshold, right, color="tab:red", alpha=0.08) if orientation == "higher" else \
-        ax.axvspan(left, threshold, color="tab:red", alpha=0.08)
-    ax.set_xlim(left, right)
+    _threshold_line(ax, threshold, orientation)
     ax.set_xlabel("rho (mean normal curvature of f_i - f_khat); shaded: flagged as perturbed")
     ax.set_ylabel("images")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def path_margins(panels: dict, path, title: str = "label margin along paths (Algorithm 1)") -> None:
@@ -153,6 +153,4 @@ def path_margins(panels: dict, path, title: str = "label margin along paths (Alg
             ax.legend(fontsize=7)
     axes[0][0].set_ylabel(r"$f_c - \max_{j \neq c} f_j$")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
