@@ -1,6 +1,8 @@
 """Shared fixtures: devices to parametrise over, seeded generators."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,16 @@ def deepfool_fails_on(monkeypatch):
         monkeypatch.setattr(profiles, "deepfool", deepfool)
 
     return fail
+
+
+def load_script(folder, name: str):
+    """The module of the script ``folder/name.py`` (examples, benchmarks), imported by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(folder) / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def one_line_error(argv, capsys) -> str:

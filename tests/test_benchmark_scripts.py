@@ -3,18 +3,16 @@ when a benchmark session (or a lent GPU, benchmarks/gpu_check.sh) is already spe
 ``--default-malloc`` keeps the scripts from tuning the test process's allocator."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from tests.conftest import load_script
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARKS, name)
 
 
 def test_resnet50_detection_benchmark_runs_on_cpu(tmp_path, capsys):

@@ -1,18 +1,16 @@
 """The examples run at toy sizes and print the table their docstring promises."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
+
+from tests.conftest import load_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES, name)
 
 
 def test_robust_training_example_runs_on_digits(tmp_path, capsys):

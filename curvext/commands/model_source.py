@@ -168,6 +168,16 @@ def refuse_normalize_without_checkpoint(args, command: str) -> None:
                          "normalise their inputs themselves)")
 
 
+def add_zoo_model_arguments(p: argparse.ArgumentParser, activation: str) -> None:
+    """``--model`` (a zoo architecture, default lenet, or ``torchvision:NAME``) and ``--activation``
+    (default ``activation``) of the commands that train a zoo model on their dataset (profile,
+    paths), and the options of :func:`add_model_arguments`."""
+    p.add_argument("--model", type=model_name, default="lenet", metavar="lenet|nin|torchvision:NAME",
+                   help="zoo architecture, or a torchvision architecture with --weights")
+    p.add_argument("--activation", default=activation, choices=zoo.ACTIVATIONS)
+    add_model_arguments(p)
+
+
 def add_single_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model`` (a zoo architecture or ``torchvision:NAME``), ``--activation`` and ``--cache``
     for the zoo, and the options of :func:`add_model_arguments`."""

@@ -36,10 +36,9 @@ from curvext.commands.arg_types import (
 )
 from curvext.commands.model_source import (
     add_data_arguments,
-    add_model_arguments,
+    add_zoo_model_arguments,
     load_command_model,
     load_test_images,
-    model_name,
 )
 from curvext.commands.placement import add_device_argument, resolve_device
 from curvext.commands.sweep_options import add_table_output_arguments
@@ -70,10 +69,7 @@ COLUMNS = ("kind", "pair", "source1", "source2", "label", "connected", "anchors"
 def add_parser(sub) -> None:
     p = sub.add_parser("paths", help="Algorithm 1: paths between same-label points inside their region")
     add_data_arguments(p)
-    p.add_argument("--model", type=model_name, default="lenet", metavar="lenet|nin|torchvision:NAME",
-                   help="zoo architecture, or a torchvision architecture with --weights")
-    p.add_argument("--activation", default="relu", choices=("relu", "smooth"))
-    add_model_arguments(p)
+    add_zoo_model_arguments(p, "relu")
     p.add_argument("--images", type=positive_int, default=500, help="test images the pairs are drawn from")
     p.add_argument("--kinds", type=choice_list(KINDS), default=KINDS, metavar="natural,adversarial,noise",
                    help="kinds of pairs (default: all three)")

@@ -13,10 +13,9 @@ from curvext import data
 from curvext.commands.arg_types import non_negative_int, positive_float, positive_int
 from curvext.commands.model_source import (
     add_data_arguments,
-    add_model_arguments,
+    add_zoo_model_arguments,
     is_idx,
     load_command_model,
-    model_name,
 )
 from curvext.commands.placement import add_device_argument, add_shard_argument, resolve_device
 from curvext.commands.sweep_options import add_table_output_arguments
@@ -29,10 +28,7 @@ from curvext.utils.model_checks import is_piecewise_linear
 def add_parser(sub) -> None:
     p = sub.add_parser("profile", help="principal curvatures at boundary points (table + plot)")
     add_data_arguments(p)
-    p.add_argument("--model", type=model_name, default="lenet", metavar="lenet|nin|torchvision:NAME",
-                   help="zoo architecture, or a torchvision architecture with --weights")
-    p.add_argument("--activation", default="smooth", choices=("relu", "smooth"))
-    add_model_arguments(p)
+    add_zoo_model_arguments(p, "smooth")
     p.add_argument("--images", type=positive_int, default=64, help="images (default 64; every file of a folder "
                                                                     "when --dataset folder)")
     p.add_argument("--k", type=positive_int, default=20, help="curvatures from each end (default 20)")

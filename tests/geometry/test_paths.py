@@ -9,17 +9,7 @@ import pytest
 import torch
 
 from curvext.geometry.paths import FAILURE_KINDS, find_paths, polyline_points
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, L=5, d=6, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.W = torch.nn.Parameter(torch.randn(L, d, generator=g, dtype=torch.float64), requires_grad=False)
-        self.b = torch.nn.Parameter(torch.randn(L, generator=g, dtype=torch.float64), requires_grad=False)
-
-    def forward(self, x):
-        return x.flatten(1) @ self.W.T + self.b
+from tests.geometry.test_deepfool import Linear
 
 
 class Ring(torch.nn.Module):
@@ -64,7 +54,7 @@ def reference_statistics(points: np.ndarray, x1: np.ndarray, x2: np.ndarray):
 
 
 def test_linear_classifier_keeps_the_straight_segment_in_one_forward_pass():
-    model = Linear().eval()
+    model = Linear(d=6).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(400, 6, generator=g, dtype=torch.float64) * 3
     labels = model(x).argmax(1)
